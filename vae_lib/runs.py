@@ -1,0 +1,145 @@
+"""Train a VAE on MNIST once per configuration and reuse the result: a checksummed run cache.
+
+Introduced in book/first_vae.md. A run is identified by the hash of everything that changes its
+result (model and training configuration, binarization, loss weights, training-set size,
+the library's cache version). Its files live in `<cache>/runs/<hash>/`: `model.pt` (the state
+dict), `run.json` (configuration, history, device, wall time and model.pt's sha256) and, while
+training, `checkpoint.pt`, so an interrupted build resumes where it stopped. A cached model whose
+checksum does not match is retrained, never silently used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .book import default_device
+from .data import MNISTTensors, atomic_write_bytes, binarization_transform, binarize_fixed, load_mnist, sha256_file
+from .losses import ELBOLoss
+from .model import VAE, VAEConfig
+from .train import TrainConfig, Trainer, _atomic_torch_save, fingerprint_hash, seed_everything
+
+# Bump when a change to the training code changes results, so old cached runs are not reused.
+CACHE_VERSION = 1
+# The test set is binarized once with this seed everywhere in the book, so numbers compare.
+TEST_BINARIZATION_SEED = 1234
+
+
+def cache_dir() -> Path:
+    """$VAE_LIB_CACHE, else ~/.cache/vae_lib."""
+    return Path(os.environ.get("VAE_LIB_CACHE", Path.home() / ".cache" / "vae_lib"))
+
+
+@dataclass
+class Run:
+    model: VAE
+    history: dict[str, list[float]]
+    info: dict  # what run.json holds: config, device, wall_time_s, cached (bool), ...
+
+
+def binarized_test_set(data: MNISTTensors) -> torch.Tensor:
+    """The test images binarized once with the book's fixed seed (TEST_BINARIZATION_SEED)."""
+    return binarize_fixed(data.x_test, TEST_BINARIZATION_SEED)
+
+
+def run_fingerprint(model_config: VAEConfig, train_config: TrainConfig, binarization: str,
+                    beta: float, warmup_epochs: int, n_train: int) -> dict:
+    return {
+        "cache_version": CACHE_VERSION,
+        "model": model_config.to_dict(),
+        "train": {**train_config.fingerprint(), "epochs": train_config.epochs},
+        "binarization": binarization,
+        "beta": beta,
+        "warmup_epochs": warmup_epochs,
+        "n_train": n_train,
+        "test_binarization_seed": TEST_BINARIZATION_SEED,
+    }
+
+
+def _load_cached(folder: Path, model_config: VAEConfig, device) -> Run | None:
+    info_path, model_path = folder / "run.json", folder / "model.pt"
+    if not (info_path.is_file() and model_path.is_file()):
+        return None
+    info = json.loads(info_path.read_text())
+    if sha256_file(model_path) != info.get("model_sha256"):
+        print(f"vae_lib: cached model {model_path} fails its checksum; retraining it")
+        return None
+    model = VAE(model_config).to(device)
+    model.load_state_dict(torch.load(model_path, map_location=device, weights_only=True))
+    return Run(model, info["history"], {**info, "cached": True})
+
+
+def train_vae(
+    model_config: VAEConfig = VAEConfig(),
+    train_config: TrainConfig = TrainConfig(),
+    binarization: str = "dynamic",
+    beta: float = 1.0,
+    warmup_epochs: int = 0,
+    n_train: int | None = None,
+    data: MNISTTensors | None = None,
+    device: torch.device | str | None = None,
+    use_cache: bool = True,
+) -> Run:
+    """Train (or load from the cache) a VAE on MNIST; history holds train/test ELBO, recon and KL.
+
+    Training images are binarized as `binarization` says (see data.binarization_transform); the
+    test images always with the fixed seed TEST_BINARIZATION_SEED. `n_train` uses the first
+    n_train training images (smoke builds). The model is returned in eval mode.
+    """
+    device = torch.device(device) if device is not None else default_device()
+    data = data if data is not None else load_mnist(device)
+    data = data.to(device)
+    n_train = n_train or data.x_train.shape[0]
+    fp = run_fingerprint(model_config, train_config, binarization, beta, warmup_epochs, n_train)
+    folder = cache_dir() / "runs" / fingerprint_hash(fp)
+    if use_cache:
+        cached = _load_cached(folder, model_config, device)
+        if cached is not None:
+            cached.model.eval()
+            return cached
+
+    seed_everything(train_config.seed)
+    model = VAE(model_config).to(device)
+    x_train, epoch_transform = binarization_transform(data.x_train[:n_train], binarization, train_config.seed)
+    trainer = Trainer(model, ELBOLoss(beta, warmup_epochs), train_config,
+                      checkpoint_path=folder / "checkpoint.pt" if use_cache else None,
+                      epoch_transform=epoch_transform)
+    start = time.perf_counter()
+    result = trainer.fit(x_train, binarized_test_set(data))
+    info = {"fingerprint": fp, "history": result.history, "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "wall_time_s": time.perf_counter() - start, "torch": torch.__version__}
+    if use_cache:
+        _atomic_torch_save(model.state_dict(), folder / "model.pt")
+        info["model_sha256"] = sha256_file(folder / "model.pt")
+        atomic_write_bytes(folder / "run.json", json.dumps(info, indent=1).encode())
+        (folder / "checkpoint.pt").unlink(missing_ok=True)
+    model.eval()
+    return Run(model, result.history, {**info, "cached": False})
+
+
+# The models the chapters share, trained once per build and reused through the cache. Smoke
+# builds (VAE_BOOK_SMOKE=1) train them on 2,000 images for one epoch.
+BOOK_MODELS = {
+    # The classic 784-400-20 model: reconstructions, evaluation, amortization.
+    "z20": VAEConfig(hidden_dims=(400,), z_dim=20, activation="relu"),
+    # Two latent dimensions, so the latent space can be drawn and explored.
+    "z2": VAEConfig(hidden_dims=(400,), z_dim=2, activation="relu"),
+}
+BOOK_EPOCHS = 10
+
+
+def book_model(name: str, data: MNISTTensors | None = None, device=None) -> Run:
+    """One of the book's shared models (BOOK_MODELS), trained with dynamic binarization and
+    seed 0 for BOOK_EPOCHS epochs, from the cache when it was trained before."""
+    from .book import pick
+
+    if name not in BOOK_MODELS:
+        raise KeyError(f"unknown book model {name!r}; choose one of {sorted(BOOK_MODELS)}")
+    config = TrainConfig(epochs=pick(BOOK_EPOCHS, 1), batch_size=128, lr=1e-3, seed=0, progress=False)
+    return train_vae(BOOK_MODELS[name], config, "dynamic", n_train=pick(None, 2000), data=data, device=device)

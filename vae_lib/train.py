@@ -1,0 +1,270 @@
+"""A device-agnostic training loop over tensors that already sit on the device.
+
+Introduced in book/first_vae.md and read line by line in book/training.md. The trainer knows
+nothing about VAEs: it is given a model, a loss function `loss_fn(model, x) -> (loss, metrics)`
+whose metrics are per-example tensors, and the training and test tensors. The data never leaves
+the device: each epoch draws one permutation and slices batches out of the tensor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import random
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to optimise. Fields that change the result enter `fingerprint()`; `epochs` does not,
+    so a run can be resumed for more epochs."""
+
+    # Enough for the 784-400-20 model to pass most of its ELBO gain on MNIST in CPU minutes.
+    epochs: int = 10
+    # 128: the batch of Kingma & Welling's experiments and pytorch/examples.
+    batch_size: int = 128
+    # Adam's usual 1e-3 is stable for this model with ELBO averaged over the batch.
+    lr: float = 1e-3
+    # Fixes initialisation, shuffling, binarization and reparametrisation noise.
+    seed: int = 0
+    # Show a progress bar; off in tests and smoke builds to keep logs short.
+    progress: bool = True
+    # Steps between progress-bar refreshes: each refresh reads the loss back from the device.
+    log_every: int = 50
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "log_every"):
+            if int(getattr(self, name)) < (0 if name == "epochs" else 1):
+                raise ValueError(f"TrainConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
+        if not self.lr > 0:
+            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr!r}")
+
+    def fingerprint(self) -> dict:
+        return {"batch_size": self.batch_size, "lr": self.lr, "seed": self.seed}
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when the loss becomes NaN or inf; names where, and the checkpoint to go back to."""
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint was written for another model or training configuration."""
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch (CPU and CUDA); return a fresh CPU generator with that seed."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _model_fingerprint(model: torch.nn.Module) -> dict:
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "to_dict"):
+        return {"class": type(model).__name__, "config": config.to_dict()}
+    shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
+    return {"class": type(model).__name__, "shapes": shapes}
+
+
+def fingerprint_hash(fingerprint: dict) -> str:
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class TrainResult:
+    model: torch.nn.Module
+    history: dict[str, list[float]]  # e.g. history["train_elbo"][epoch], means per example
+    epochs_run: int  # epochs trained in this call (0 when everything came from a checkpoint)
+
+
+class Trainer:
+    """Adam on minibatches sliced from device tensors, with per-epoch history and checkpoints.
+
+    Checkpoints are written atomically at the end of every epoch and hold the model, the optimizer,
+    the history and every random-number state, so an interrupted run resumed from its checkpoint
+    ends with exactly the parameters of an uninterrupted one.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        loss_fn: Callable,
+        config: TrainConfig = TrainConfig(),
+        checkpoint_path: str | Path | None = None,
+        epoch_transform: Callable | None = None,
+        callbacks: list[Callable] | None = None,
+    ):
+        self.model = model
+        self.loss_fn = loss_fn
+        self.config = config
+        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
+        # epoch_transform(x_train, generator) -> x used for one epoch (e.g. dynamic binarization).
+        self.epoch_transform = epoch_transform
+        # callback(trainer) runs after every epoch, once the history is updated (e.g. snapshots).
+        self.callbacks = list(callbacks or [])
+        self.device = next(model.parameters()).device
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+        self.history: dict[str, list[float]] = {}
+        self.epoch = 0
+        # Shuffling and binarization draw from a generator on the data's device; the model's
+        # reparametrisation noise comes from torch's global generator (seeded too).
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(config.seed)
+        self._global_rng_state = None
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def fingerprint(self) -> dict:
+        return {"model": _model_fingerprint(self.model), "train": self.config.fingerprint(),
+                "loss": type(self.loss_fn).__name__}
+
+    def state_dict(self) -> dict:
+        return {
+            "fingerprint": json.dumps(self.fingerprint(), sort_keys=True),
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "history": self.history,
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def save_checkpoint(self, path: str | Path | None = None) -> Path:
+        path = Path(path or self.checkpoint_path)
+        _atomic_torch_save(self.state_dict(), path)
+        return path
+
+    def load_checkpoint(self, path: str | Path | None = None) -> None:
+        path = Path(path or self.checkpoint_path)
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as err:
+            raise CheckpointMismatchError(
+                f"cannot read checkpoint {path}: {err}. Delete it to start afresh, or pass the "
+                "path of an intact checkpoint"
+            ) from err
+        mine = json.dumps(self.fingerprint(), sort_keys=True)
+        if state.get("fingerprint") != mine:
+            raise CheckpointMismatchError(
+                f"checkpoint {path} was written for another configuration:\n  checkpoint: "
+                f"{state.get('fingerprint')}\n  this run:   {mine}\nUse the configuration it was "
+                "written with, or another checkpoint path"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.history = {k: list(v) for k, v in state["history"].items()}
+        self.epoch = int(state["epoch"])
+        self.generator.set_state(state["generator"].cpu() if self.device.type == "cpu" else state["generator"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+
+    # -- the loop ----------------------------------------------------------------------------
+    def _check_data(self, x: torch.Tensor, name: str) -> None:
+        if x.ndim != 2:
+            raise ValueError(f"{name} must be a 2-D tensor (N, features), got shape {tuple(x.shape)}")
+        if x.device != self.device:
+            raise ValueError(f"{name} is on {x.device} but the model is on {self.device}; move it with .to()")
+        if not torch.isfinite(x).all():
+            raise ValueError(f"{name} contains NaN or inf values; clean the data before training")
+        check = getattr(self.loss_fn, "check_data", None)
+        if check is not None:
+            check(x)
+
+    @torch.no_grad()
+    def evaluate(self, x: torch.Tensor, batch_size: int = 1000) -> dict[str, float]:
+        """Mean of every metric over x (in eval mode, no gradients)."""
+        was_training = self.model.training
+        self.model.eval()
+        sums: dict[str, torch.Tensor] = {}
+        for start in range(0, x.shape[0], batch_size):
+            _, metrics = self.loss_fn(self.model, x[start:start + batch_size])
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0) + v.detach().sum()
+        self.model.train(was_training)
+        return {k: float(v) / x.shape[0] for k, v in sums.items()}
+
+    def _raise_non_finite(self, step: int) -> None:
+        last = self.checkpoint_path if self.checkpoint_path and self.checkpoint_path.exists() else None
+        where = f"the last good checkpoint is {last} (epoch {self.epoch})" if last else "no checkpoint was written"
+        raise NonFiniteLossError(
+            f"loss became NaN or inf at epoch {self.epoch + 1}, step {step}; {where}. "
+            "Lower the learning rate or check the data, then resume from the checkpoint"
+        )
+
+    def fit(self, x_train: torch.Tensor, x_test: torch.Tensor | None = None, resume: bool = True) -> TrainResult:
+        """Train until `config.epochs` epochs are done, resuming from the checkpoint if there is one."""
+        self._check_data(x_train, "x_train")
+        if x_test is not None:
+            self._check_data(x_test, "x_test")
+        if resume and self.checkpoint_path and self.checkpoint_path.exists():
+            self.load_checkpoint()
+        elif self.epoch == 0:
+            torch.manual_seed(self.config.seed)
+        start_epoch, n, bs = self.epoch, x_train.shape[0], self.config.batch_size
+        steps = math.ceil(n / bs)
+        self.model.train()
+        while self.epoch < self.config.epochs:
+            if hasattr(self.loss_fn, "set_epoch"):
+                self.loss_fn.set_epoch(self.epoch)
+            x_epoch = self.epoch_transform(x_train, self.generator) if self.epoch_transform else x_train
+            order = torch.randperm(n, device=self.device, generator=self.generator)
+            sums: dict[str, torch.Tensor] = {}
+            bar = tqdm(total=steps, desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
+                       disable=not self.config.progress, leave=False)
+            for step in range(steps):
+                batch = x_epoch[order[step * bs:(step + 1) * bs]]
+                loss, metrics = self.loss_fn(self.model, batch)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0) + v.detach().sum()
+                # Reading the loss back synchronises with the device: only every log_every steps
+                # on accelerators, every step on the CPU where it costs nothing.
+                if self.device.type == "cpu" or (step + 1) % self.config.log_every == 0 or step + 1 == steps:
+                    value = float(loss.detach())
+                    if not math.isfinite(value):
+                        bar.close()
+                        self._raise_non_finite(step + 1)
+                    if (step + 1) % self.config.log_every == 0 or step + 1 == steps:
+                        bar.set_postfix(loss=f"{value:.2f}")
+                bar.update(1)
+            bar.close()
+            for k, v in sums.items():
+                self.history.setdefault(f"train_{k}", []).append(float(v) / n)
+            if x_test is not None:
+                for k, v in self.evaluate(x_test).items():
+                    self.history.setdefault(f"test_{k}", []).append(v)
+            self.epoch += 1
+            if self.checkpoint_path:
+                self.save_checkpoint()
+            for callback in self.callbacks:
+                callback(self)
+        return TrainResult(self.model, self.history, self.epoch - start_epoch)
