@@ -163,8 +163,9 @@ class ExplorerConfig:
 
     # Sliders span [-z_range, z_range]: under N(0, 1), 99.7% of the prior mass lies within 3.
     z_range: float = 3.0
-    # Displayed size of the 28 x 28 image in CSS pixels (the canvas itself stays 28 x 28).
-    image_px: int = 168
+    # Displayed size of the 28 x 28 image in CSS pixels (the canvas itself stays 28 x 28): 5 screen
+    # pixels per image pixel, and two images beside the controls fit the book's text column.
+    image_px: int = 140
     # Weight precision in the page: float16 halves the page size; "float32" for exactness.
     dtype: str = "float16"
 
@@ -191,7 +192,7 @@ class LatentExplorer(anywidget.AnyWidget):
     digits = traitlets.Dict().tag(sync=True)
     z = traitlets.List(traitlets.Float()).tag(sync=True)
     z_range = traitlets.Float(3.0).tag(sync=True)
-    image_px = traitlets.Int(168).tag(sync=True)
+    image_px = traitlets.Int(140).tag(sync=True)
     title = traitlets.Unicode("").tag(sync=True)
 
     def __init__(self, model, digits: torch.Tensor | None = None, labels=None, title: str = "",

@@ -204,7 +204,7 @@ function render({ model, el }) {
   if (hasDigits && digits.n > 1) pickB.value = "1";
   const tSlider = h("input", { type: "range", min: 0, max: 1, step: 0.01, value: 0,
                                class: "vle-t", "aria-label": "interpolation t" });
-  const tReadout = h("span", { class: "vle-readout", text: "t = 0.00" });
+  const tReadout = h("span", { class: "vle-readout vle-wide", text: "t = 0.00" });
   const postSample = h("button", { class: "vle-button", type: "button", text: "Sample z ~ q(z|x)" });
   const postPanel = h("div", { class: "vle-posterior vle-hidden" }, [
     h("label", { class: "vle-row" }, [h("span", { text: "test digit x" }), pickA]),

@@ -6,5 +6,12 @@
 (function () {
   var here = document.currentScript ? document.currentScript.src : window.location.href;
   var vendor = new URL("vendor/", here).href;
-  window.requirejs.config({ paths: { anywidget: vendor + "anywidget/index" } });
+  window.requirejs.config({
+    paths: {
+      anywidget: vendor + "anywidget/index",
+      // The html-manager finds its icon fonts next to the URL require.js gives this module name,
+      // which would otherwise be relative to the page.
+      "@jupyter-widgets/html-manager/dist": vendor + "html-manager",
+    },
+  });
 })();
