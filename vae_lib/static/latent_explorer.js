@@ -173,7 +173,9 @@ function render({ model, el }) {
     controls.appendChild(pad);
   }
 
-  const sliderBox = h("div", { class: zDim > 4 ? "vle-sliders vle-two-columns" : "vle-sliders" });
+  // Few sliders sit beside the images; many go below them, in two columns, at a usable width.
+  const manySliders = zDim > 4;
+  const sliderBox = h("div", { class: manySliders ? "vle-sliders vle-two-columns" : "vle-sliders" });
   const sliders = [];
   const readouts = [];
   const bands = [];
@@ -189,7 +191,8 @@ function render({ model, el }) {
     readouts.push(readout);
     bands.push(bandNode);
   }
-  controls.appendChild(sliderBox);
+  if (manySliders) root.appendChild(sliderBox);
+  else controls.appendChild(sliderBox);
 
   const sampleButton = h("button", { class: "vle-button", type: "button", text: "Sample z ~ N(0, I)" });
   const resetButton = h("button", { class: "vle-button", type: "button", text: "Reset z = 0" });
@@ -211,7 +214,7 @@ function render({ model, el }) {
     h("div", { class: "vle-buttons" }, [postSample]),
     h("label", { class: "vle-row" }, [h("span", { text: "interpolate to" }), pickB]),
     h("label", { class: "vle-row" }, [h("span", { text: "t" }), tSlider, tReadout]),
-    h("div", { class: "vle-note", text: "bands: mu ± 2 sigma of q(z|x); t moves z from mu(x) to mu of the second digit" }),
+    h("div", { class: "vle-note", text: "orange bands (and the ellipse on a 2-D pad): mu ± 2 sigma of q(z|x); t moves z from mu(x) to mu(x') of the second digit" }),
   ]);
   controls.appendChild(postPanel);
   el.appendChild(root);
