@@ -200,3 +200,55 @@ def test_explorer_state_and_z(square_vae):
 def test_explorer_config_rejects_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ExplorerConfig(**kwargs)
+
+
+@pytest.mark.slow
+def test_explorer_syncs_z_with_a_live_kernel(tmp_path):
+    """In a real kernel: the front end's update message (what save_changes sends when a slider is
+    released) sets explorer.z, and setting explorer.z in Python sends the update that moves the
+    sliders."""
+    import os
+    from pathlib import Path
+
+    from jupyter_client.manager import KernelManager
+
+    repo = Path(__file__).resolve().parents[1]
+    km = KernelManager(kernel_name="python3")
+    km.start_kernel(env={**os.environ, "PYTHONPATH": str(repo)}, cwd=str(tmp_path))
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=120)
+
+        def run(code: str) -> list[dict]:
+            msg_id = kc.execute(code)
+            messages = []
+            while True:
+                msg = kc.get_iopub_msg(timeout=120)
+                if msg["parent_header"].get("msg_id") != msg_id:
+                    continue
+                messages.append(msg)
+                if msg["msg_type"] == "error":
+                    pytest.fail("\n".join(msg["content"]["traceback"]))
+                if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                    return messages
+
+        opened = run("import torch\nfrom vae_lib.model import VAE, VAEConfig\n"
+                     "from vae_lib.widgets import LatentExplorer\ntorch.manual_seed(0)\n"
+                     "w = LatentExplorer(VAE(VAEConfig(x_dim=16, hidden_dims=(8,), z_dim=3)))\nw")
+        comm_id = next(m["content"]["comm_id"] for m in opened if m["msg_type"] == "comm_open"
+                       and m["content"]["data"]["state"].get("_model_name") == "AnyModel")
+        # The message the browser sends on slider release.
+        kc.shell_channel.send(kc.session.msg("comm_msg", {
+            "comm_id": comm_id, "data": {"method": "update", "state": {"z": [0.5, -1.0, 2.0]}, "buffer_paths": []}}))
+        printed = run("print(w.z, w.image().shape)")
+        text = "".join(m["content"]["text"] for m in printed if m["msg_type"] == "stream")
+        assert text.strip() == "[0.5, -1.0, 2.0] (4, 4)"
+
+        updates = run("w.z = [1.0, 2.0, 3.0]")
+        states = [m["content"]["data"].get("state", {}) for m in updates
+                  if m["msg_type"] == "comm_msg" and m["content"]["comm_id"] == comm_id]
+        assert {"z": [1.0, 2.0, 3.0]} in states
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
