@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PORT ?= 8000
 JB_FLAGS := --warningiserror --keep-going --builder html
 
-.PHONY: book book-smoke test serve clean clean-cache venv browser
+.PHONY: book book-smoke test serve clean clean-cache venv browser widget-js
 
 venv: $(STAMP)
 
@@ -20,13 +20,34 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 # The whole site, every chapter executed, into _build/html.
-book: $(STAMP)
+book: $(STAMP) widget-js
 	$(BIN)/jupyter-book build . $(JB_FLAGS)
 	@echo "Open _build/html/index.html (or run: make serve)"
 
 # The same chapters with tiny budgets (VAE_BOOK_SMOKE=1), into _build/smoke/_build/html.
-book-smoke: $(STAMP)
+book-smoke: $(STAMP) widget-js
 	VAE_BOOK_SMOKE=1 $(BIN)/jupyter-book build . $(JB_FLAGS) --path-output _build/smoke
+
+# Front-end files the site serves itself, so saved widgets and math render offline (no CDN at view
+# time): require.js, the widget html-manager, anywidget's front end and MathJax, installed from npm
+# (web/package-lock.json) and copied into web/site/_static/vendor (html_extra_path in _config.yml).
+WEB_VENDOR := web/site/_static/vendor
+widget-js: $(WEB_VENDOR)/.installed
+
+$(WEB_VENDOR)/.installed: web/package.json web/package-lock.json
+	cd web && npm ci --no-audit --no-fund --ignore-scripts
+	rm -rf $(WEB_VENDOR)
+	mkdir -p $(WEB_VENDOR)/html-manager $(WEB_VENDOR)/anywidget $(WEB_VENDOR)/mathjax/output
+	cp web/node_modules/requirejs/require.js $(WEB_VENDOR)/
+	cp web/node_modules/@jupyter-widgets/html-manager/dist/embed-amd.js \
+	   web/node_modules/@jupyter-widgets/html-manager/dist/*.woff* \
+	   web/node_modules/@jupyter-widgets/html-manager/dist/*.ttf \
+	   web/node_modules/@jupyter-widgets/html-manager/dist/*.eot \
+	   web/node_modules/@jupyter-widgets/html-manager/dist/*.svg $(WEB_VENDOR)/html-manager/
+	cp web/node_modules/anywidget/dist/index.js $(WEB_VENDOR)/anywidget/
+	cd web/node_modules/mathjax/es5 && cp -r tex-mml-chtml.js input a11y ui adaptors sre \
+	   ../../../../$(WEB_VENDOR)/mathjax/ && cp -r output/chtml output/chtml.js ../../../../$(WEB_VENDOR)/mathjax/output/
+	touch $@
 
 # Headless Chromium for the browser tests (Debian package; Playwright's own download fails offline).
 browser:
