@@ -35,6 +35,7 @@ WEB_VENDOR := web/site/_static/vendor
 widget-js: $(WEB_VENDOR)/.installed
 
 $(WEB_VENDOR)/.installed: web/package.json web/package-lock.json
+	@command -v npm >/dev/null 2>&1 || (apt-get update -q && apt-get install -y -q nodejs npm)
 	cd web && npm ci --no-audit --no-fund --ignore-scripts
 	rm -rf $(WEB_VENDOR)
 	mkdir -p $(WEB_VENDOR)/html-manager $(WEB_VENDOR)/anywidget $(WEB_VENDOR)/mathjax/output
