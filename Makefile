@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PORT ?= 8000
 JB_FLAGS := --warningiserror --keep-going --builder html
 
-.PHONY: book book-smoke test serve clean clean-cache venv browser
+.PHONY: book book-smoke test serve clean clean-cache venv browser notebooks student
 
 venv: $(STAMP)
 
@@ -27,6 +27,16 @@ book: $(STAMP)
 # The same chapters with tiny budgets (VAE_BOOK_SMOKE=1), into _build/smoke/_build/html.
 book-smoke: $(STAMP)
 	VAE_BOOK_SMOKE=1 $(BIN)/jupyter-book build . $(JB_FLAGS) --path-output _build/smoke
+
+# Pair every chapter of _toc.yml with book/<name>.ipynb (no outputs) for Colab and Binder, and
+# refresh each chapter's Colab set-up cell from _config.yml. Commit the result.
+notebooks: $(STAMP)
+	$(BIN)/python -m tools.notebooks
+
+# The student edition: the site and the notebooks with every exercise solution removed, into
+# _build/student/html and _build/student/notebooks. Shares `make book`'s execution cache.
+student: $(STAMP)
+	$(BIN)/python -m tools.student_edition --out _build/student
 
 # Headless Chromium for the browser tests (Debian package; Playwright's own download fails offline).
 browser:
