@@ -17,34 +17,11 @@ import nbformat
 import pytest
 
 from tools.chapters import ROOT, chapter_sources, load_config, repository
+from tools.smoke_site import build_smoke_site
 from tools.notebooks import notebook_from_myst
 
-SITE = ROOT / "_build" / "test-site"
-HTML = SITE / "_build" / "html"
 COLAB = "https://colab.research.google.com"
 BINDER = "https://mybinder.org"
-
-
-def _newest_source_mtime() -> float:
-    paths = [ROOT / "_config.yml", ROOT / "_toc.yml", *ROOT.glob("*.bib")]
-    for folder in ("book", "vae_lib"):
-        paths += [p for p in (ROOT / folder).rglob("*") if p.is_file() and "__pycache__" not in p.parts]
-    return max(p.stat().st_mtime for p in paths if p.exists())
-
-
-def build_smoke_site() -> Path:
-    """Build the site in smoke mode into _build/test-site unless an up-to-date build is there."""
-    index = HTML / "index.html"
-    if index.is_file() and index.stat().st_mtime > _newest_source_mtime():
-        return HTML
-    env = {**os.environ, "VAE_BOOK_SMOKE": "1", "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg"}
-    jupyter_book = Path(sys.executable).parent / "jupyter-book"
-    cmd = [str(jupyter_book), "build", str(ROOT), "--warningiserror", "--keep-going", "--builder", "html",
-           "--path-output", str(SITE)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
-    assert proc.returncode == 0, f"smoke build failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-    index.touch()  # the build reused cached pages: mark it as newer than the sources
-    return HTML
 
 
 @pytest.fixture(scope="session")
