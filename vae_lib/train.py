@@ -92,6 +92,16 @@ def _model_fingerprint(model: torch.nn.Module) -> dict:
     return {"class": type(model).__name__, "shapes": shapes}
 
 
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def fingerprint_hash(fingerprint: dict) -> str:
     return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -165,16 +175,21 @@ class Trainer:
         try:
             state = torch.load(path, map_location=self.device, weights_only=True)
         except Exception as err:
+            # torch's own message suggests weights_only=False, which we never do: keep one line.
+            first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise CheckpointMismatchError(
-                f"cannot read checkpoint {path}: {err}. Delete it to start afresh, or pass the "
-                "path of an intact checkpoint"
+                f"cannot read checkpoint {path}: it is corrupt or not a vae_lib checkpoint "
+                f"(torch.load said: {first_line}). Delete it to start afresh, or pass the path "
+                "of an intact checkpoint"
             ) from err
         mine = json.dumps(self.fingerprint(), sort_keys=True)
         if state.get("fingerprint") != mine:
+            theirs, ours = _flatten(json.loads(state.get("fingerprint") or "{}")), _flatten(json.loads(mine))
+            diffs = "; ".join(f"{k}: checkpoint {theirs.get(k)!r}, this run {ours.get(k)!r}"
+                              for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k))
             raise CheckpointMismatchError(
-                f"checkpoint {path} was written for another configuration:\n  checkpoint: "
-                f"{state.get('fingerprint')}\n  this run:   {mine}\nUse the configuration it was "
-                "written with, or another checkpoint path"
+                f"checkpoint {path} was written for another configuration ({diffs}). Use the "
+                "configuration it was written with, or another checkpoint path"
             )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
