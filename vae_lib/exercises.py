@@ -1,7 +1,8 @@
 """Checkers for the exercises: run a reader's function on test inputs and explain what is wrong.
 
-Introduced in book/first_vae.md's exercises and used by every chapter that asks the reader to
-write a piece of the VAE. Each checker compares the reader's function with the reference in
+For the chapters' exercises that ask the reader to write a piece of the VAE (the Gaussian KL
+of book/gaussian_kl.md, the reparametrisation of book/gradients.md, the Bernoulli likelihood of
+book/bernoulli_decoder.md, the ELBO of book/elbo.md). Each checker compares the reader's function with the reference in
 `vae_lib` on fixed float64 inputs; when they disagree it recomputes the typical wrong answers
 (a missing 1/2, sigma**2 for sigma, the sum over the batch, ...) and names the one that matches,
 so the feedback says *what* went wrong rather than only *that* something did:
