@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PORT ?= 8000
 JB_FLAGS := --warningiserror --keep-going --builder html
 
-.PHONY: book book-smoke test serve clean clean-cache venv browser widget-js
+.PHONY: book book-smoke test serve clean clean-cache venv browser widget-js notebooks student
 
 venv: $(STAMP)
 
@@ -49,6 +49,16 @@ $(WEB_VENDOR)/.installed: web/package.json web/package-lock.json
 	cd web/node_modules/mathjax/es5 && cp -r tex-mml-chtml.js input a11y ui adaptors sre \
 	   ../../../../$(WEB_VENDOR)/mathjax/ && cp -r output/chtml output/chtml.js ../../../../$(WEB_VENDOR)/mathjax/output/
 	touch $@
+
+# Pair every chapter of _toc.yml with book/<name>.ipynb (no outputs) for Colab and Binder, and
+# refresh each chapter's Colab set-up cell from _config.yml. Commit the result.
+notebooks: $(STAMP)
+	$(BIN)/python -m tools.notebooks
+
+# The student edition: the site and the notebooks with every exercise solution removed, into
+# _build/student/html and _build/student/notebooks. Shares `make book`'s execution cache.
+student: $(STAMP)
+	$(BIN)/python -m tools.student_edition --out _build/student
 
 # Headless Chromium for the browser tests (Debian package; Playwright's own download fails offline).
 browser:
