@@ -57,7 +57,7 @@ notebooks: $(STAMP)
 
 # The student edition: the site and the notebooks with every exercise solution removed, into
 # _build/student/html and _build/student/notebooks. Shares `make book`'s execution cache.
-student: $(STAMP)
+student: $(STAMP) widget-js
 	$(BIN)/python -m tools.student_edition --out _build/student
 
 # Headless Chromium for the browser tests (Debian package; Playwright's own download fails offline).

@@ -17,7 +17,6 @@ import nbformat
 import pytest
 
 from tools.chapters import ROOT, chapter_sources, load_config, repository
-from tools.smoke_site import build_smoke_site
 from tools.notebooks import notebook_from_myst
 
 COLAB = "https://colab.research.google.com"
@@ -25,8 +24,8 @@ BINDER = "https://mybinder.org"
 
 
 @pytest.fixture(scope="session")
-def launch_site() -> Path:
-    return build_smoke_site()
+def launch_site(smoke_site) -> Path:
+    return smoke_site
 
 
 class _Links(HTMLParser):

@@ -148,7 +148,8 @@ def _copy_sources(src: Path) -> None:
     paired = {p.with_suffix(".ipynb").name for p in chapter_sources()}
     shutil.copytree(ROOT / "book", src / "book",
                     ignore=lambda folder, names: [n for n in names if n in paired or n == ".ipynb_checkpoints"])
-    for folder in ("_static", "_templates", "images", "figures"):
+    # web/site holds the front-end files the site serves itself (html_extra_path, `make widget-js`).
+    for folder in ("_static", "_templates", "images", "figures", "web/site"):
         if (ROOT / folder).is_dir():
             shutil.copytree(ROOT / folder, src / folder)
 

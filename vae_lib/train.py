@@ -8,7 +8,6 @@ the device: each epoch draws one permutation and slices batches out of the tenso
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
