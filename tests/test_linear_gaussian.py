@@ -102,6 +102,19 @@ def test_interpolation_ends_and_bad_t():
     torch.testing.assert_close(interpolate(q0, q1, 1.0).mean, q1.mean)
     with pytest.raises(ValueError, match="t must lie in"):
         interpolate(q0, q1, 1.5)
+    # A 1-D tensor of t gives the batch of the same Gaussians.
+    ts = torch.tensor([0.0, 0.25, 1.0], dtype=torch.float64)
+    path = interpolate(q0, q1, ts)
+    for i, t in enumerate(ts.tolist()):
+        torch.testing.assert_close(path.cov[i], interpolate(q0, q1, t).cov)
+        torch.testing.assert_close(path.mean[i], interpolate(q0, q1, t).mean)
+
+
+def test_batched_q_gives_the_same_numbers_as_a_loop(model, x):
+    qs = random_gaussian(Z_DIM, 17, batch=(6,))
+    batched = model.elbo(x[0], qs)
+    looped = torch.stack([model.elbo(x[0], Gaussian(qs.mean[i], qs.cov[i])) for i in range(6)])
+    torch.testing.assert_close(batched, looped, rtol=0, atol=1e-12)
 
 
 def test_bad_inputs_give_clear_errors(model):

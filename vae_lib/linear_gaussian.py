@@ -91,11 +91,19 @@ def gaussian_kl_full(q: Gaussian, p: Gaussian) -> torch.Tensor:
     return 0.5 * (trace + y.pow(2).sum((-2, -1)) - q.dim + _logdet_from_chol(lp) - _logdet_from_chol(lq))
 
 
-def interpolate(q0: Gaussian, q1: Gaussian, t: float) -> Gaussian:
-    """The Gaussian with mean and covariance (1 - t) q0 + t q1 (a valid covariance for t in [0, 1])."""
-    if not 0.0 <= t <= 1.0:
-        raise ValueError(f"t must lie in [0, 1] so the covariance stays positive definite, got {t}")
-    return Gaussian((1 - t) * q0.mean + t * q1.mean, (1 - t) * q0.cov + t * q1.cov)
+def interpolate(q0: Gaussian, q1: Gaussian, t: float | torch.Tensor) -> Gaussian:
+    """The Gaussian with mean and covariance (1 - t) q0 + t q1 (a valid covariance for t in [0, 1]).
+
+    t may be a float or a 1-D tensor of T values; then the result is a batch of T Gaussians
+    (mean (T, k), cov (T, k, k)), so a whole path is evaluated in one call.
+    """
+    t = torch.as_tensor(t, dtype=q0.mean.dtype)
+    if t.ndim > 1:
+        raise ValueError(f"t must be a number or a 1-D tensor, got shape {tuple(t.shape)}")
+    if bool(((t < 0) | (t > 1)).any()):
+        raise ValueError(f"t must lie in [0, 1] so the covariance stays positive definite, got {t.tolist()}")
+    tm, tc = (t, t) if t.ndim == 0 else (t[:, None], t[:, None, None])
+    return Gaussian((1 - tm) * q0.mean + tm * q1.mean, (1 - tc) * q0.cov + tc * q1.cov)
 
 
 @dataclass(frozen=True)
