@@ -164,7 +164,9 @@ class Trainer:
         self.device = next(model.parameters()).device
         self.optimizer = make_adam(model.parameters(), config.lr)
         # What one training step calls: the loss, compiled if asked (evaluation stays eager).
-        self._train_loss = torch.compile(loss_fn) if config.compile else loss_fn
+        # Static shapes: the last, smaller batch of an epoch costs one more compilation instead of
+        # a dynamic-shape graph (whose random-number calls torch 2.x cannot trace on the CPU).
+        self._train_loss = torch.compile(loss_fn, dynamic=False) if config.compile else loss_fn
         self.history: dict[str, list[float]] = {}
         self.epoch = 0
         # Shuffling and binarization draw from a generator on the data's device; the model's
