@@ -93,14 +93,14 @@ def train_distributed(args: argparse.Namespace) -> dict:
         start_time = time.perf_counter()
         for epoch in range(args.epochs):
             x_epoch = transform(x_train, generator) if transform else x_train
-            order = torch.randperm(n, device=device, generator=generator)
+            x_epoch = x_epoch[torch.randperm(n, device=device, generator=generator)]  # as Trainer.fit
             elbo_sum = torch.zeros((), device=device)
             for step in range(steps):
                 g0, g1 = step * bs, min((step + 1) * bs, n)
                 lo, hi = shard(g0, g1, rank, world)
                 # Every rank draws the noise of the whole global batch: same stream, same numbers.
                 eps = torch.randn((g1 - g0, args.z_dim), device=device)[lo - g0:hi - g0]
-                x = x_epoch[order[lo:hi]]
+                x = x_epoch[lo:hi]
                 with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                     recon, kl = net(x, eps)
                 elbo = (recon - kl).float()

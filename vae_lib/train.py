@@ -280,12 +280,15 @@ class Trainer:
                 self.loss_fn.set_epoch(self.epoch)
             x_epoch = self.epoch_transform(x_train, self.generator) if self.epoch_transform else x_train
             order = torch.randperm(n, device=self.device, generator=self.generator)
+            # One gather per epoch instead of one per batch: every batch is then a contiguous view,
+            # and no small indexing kernel (a thread-pool round trip on CPUs) runs per step.
+            x_epoch = x_epoch[order]
             sums: torch.Tensor | None = None  # (n_metrics,) running sums, kept on the device
             names: list[str] = []
             bar = tqdm(total=steps, desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
                        disable=not self.config.progress, leave=False)
             for step in range(steps):
-                batch = x_epoch[order[step * bs:(step + 1) * bs]]
+                batch = x_epoch[step * bs:(step + 1) * bs]
                 with torch.autocast(self.device.type, dtype=amp_dtype or torch.float32,
                                     enabled=amp_dtype is not None):
                     loss, metrics = self._train_loss(self.model, batch)
