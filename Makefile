@@ -75,3 +75,13 @@ clean:
 
 clean-cache:
 	rm -rf $${VAE_LIB_CACHE:-$$HOME/.cache/vae_lib}/runs
+
+# Training speed: the DataLoader recipe vs vae_lib's Trainer vs the machine's matmul rate, written
+# to bench/results/<device>.json (BENCH_ARGS e.g. "--threads 1 --steps 100"; see --help).
+.PHONY: bench reproduce
+bench: $(STAMP)
+	$(BIN)/python bench/train_speed.py $(BENCH_ARGS)
+
+# Burda et al. (2015)'s 86.76 nats, retrained and re-evaluated (REPRODUCE_ARGS e.g. "--budget-minutes 2 --n-test 500").
+reproduce: $(STAMP)
+	$(BIN)/python bench/reproduce_burda.py $(REPRODUCE_ARGS)

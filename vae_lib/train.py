@@ -22,6 +22,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+# Autocast dtypes by TrainConfig.precision; None means no autocast.
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -40,6 +43,13 @@ class TrainConfig:
     progress: bool = True
     # Steps between progress-bar refreshes: each refresh reads the loss back from the device.
     log_every: int = 50
+    # "bf16" runs the forward pass under bfloat16 autocast (matmuls in bf16, weights and Adam in
+    # float32). Off by default: float32 is exact enough everywhere, bf16 pays only on hardware
+    # with bf16 matmul units (GPUs since A100, CPUs with AMX/avx512_bf16). See book/gpu.md.
+    precision: str = "fp32"
+    # torch.compile the loss (forward + backward fused into fewer kernels). Off by default: the
+    # first steps pay tens of seconds of compilation, which only long runs win back.
+    compile: bool = False
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "log_every"):
@@ -47,9 +57,32 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
         if not self.lr > 0:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"TrainConfig.precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
 
     def fingerprint(self) -> dict:
-        return {"batch_size": self.batch_size, "lr": self.lr, "seed": self.seed}
+        fp = {"batch_size": self.batch_size, "lr": self.lr, "seed": self.seed}
+        # Only non-default speed settings enter, so runs cached before they existed keep their key.
+        if self.precision != "fp32":
+            fp["precision"] = self.precision
+        if self.compile:
+            fp["compile"] = True
+        return fp
+
+
+
+def make_adam(params, lr: float) -> torch.optim.Adam:
+    """Adam with the fused implementation (one kernel per parameter) where this torch has it.
+
+    For the 784-400-20 model on a CPU the fused step took a third of the time of the default
+    per-tensor loop (0.5 vs 1.5 ms, one thread) and agreed with it to within float32 rounding
+    (6e-8 after 100 steps). A torch without a fused Adam for the device falls back to the default.
+    """
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(params, lr=lr)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -138,7 +171,11 @@ class Trainer:
         # callback(trainer) runs after every epoch, once the history is updated (e.g. snapshots).
         self.callbacks = list(callbacks or [])
         self.device = next(model.parameters()).device
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+        self.optimizer = make_adam(model.parameters(), config.lr)
+        # What one training step calls: the loss, compiled if asked (evaluation stays eager).
+        # Static shapes: the last, smaller batch of an epoch costs one more compilation instead of
+        # a dynamic-shape graph (whose random-number calls torch 2.x cannot trace on the CPU).
+        self._train_loss = torch.compile(loss_fn, dynamic=False) if config.compile else loss_fn
         self.history: dict[str, list[float]] = {}
         self.epoch = 0
         # Shuffling and binarization draw from a generator on the data's device; the model's
@@ -213,14 +250,21 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, batch_size: int = 1000) -> dict[str, float]:
-        """Mean of every metric over x (in eval mode, no gradients)."""
+        """Mean of every metric over x (in eval mode, no gradients, float32).
+
+        The noise evaluation draws is taken from a forked random state, so evaluating (or not)
+        never changes the training run: a run with a test set ends with the same parameters as one
+        without, and a data-parallel run (vae_lib.distributed) can match it.
+        """
         was_training = self.model.training
         self.model.eval()
         sums: dict[str, torch.Tensor] = {}
-        for start in range(0, x.shape[0], batch_size):
-            _, metrics = self.loss_fn(self.model, x[start:start + batch_size])
-            for k, v in metrics.items():
-                sums[k] = sums.get(k, 0) + v.detach().sum()
+        cuda = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            for start in range(0, x.shape[0], batch_size):
+                _, metrics = self.loss_fn(self.model, x[start:start + batch_size])
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0) + v.detach().float().sum()
         self.model.train(was_training)
         return {k: float(v) / x.shape[0] for k, v in sums.items()}
 
@@ -243,23 +287,32 @@ class Trainer:
             torch.manual_seed(self.config.seed)
         start_epoch, n, bs = self.epoch, x_train.shape[0], self.config.batch_size
         steps = math.ceil(n / bs)
+        amp_dtype = PRECISIONS[self.config.precision]
         self.model.train()
         while self.epoch < self.config.epochs:
             if hasattr(self.loss_fn, "set_epoch"):
                 self.loss_fn.set_epoch(self.epoch)
             x_epoch = self.epoch_transform(x_train, self.generator) if self.epoch_transform else x_train
             order = torch.randperm(n, device=self.device, generator=self.generator)
-            sums: dict[str, torch.Tensor] = {}
+            # One gather per epoch instead of one per batch: every batch is then a contiguous view,
+            # and no small indexing kernel (a thread-pool round trip on CPUs) runs per step.
+            x_epoch = x_epoch[order]
+            sums: torch.Tensor | None = None  # (n_metrics,) running sums, kept on the device
+            names: list[str] = []
             bar = tqdm(total=steps, desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
                        disable=not self.config.progress, leave=False)
             for step in range(steps):
-                batch = x_epoch[order[step * bs:(step + 1) * bs]]
-                loss, metrics = self.loss_fn(self.model, batch)
+                batch = x_epoch[step * bs:(step + 1) * bs]
+                with torch.autocast(self.device.type, dtype=amp_dtype or torch.float32,
+                                    enabled=amp_dtype is not None):
+                    loss, metrics = self._train_loss(self.model, batch)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
-                for k, v in metrics.items():
-                    sums[k] = sums.get(k, 0) + v.detach().sum()
+                # One stacked reduction instead of one per metric: fewer small kernels per step.
+                names = list(metrics)
+                batch_sums = torch.stack([v.detach().float() for v in metrics.values()]).sum(-1)
+                sums = batch_sums if sums is None else sums + batch_sums
                 # Reading the loss back synchronises with the device: only every log_every steps
                 # on accelerators, every step on the CPU where it costs nothing.
                 if self.device.type == "cpu" or (step + 1) % self.config.log_every == 0 or step + 1 == steps:
@@ -271,8 +324,8 @@ class Trainer:
                         bar.set_postfix(loss=f"{value:.2f}")
                 bar.update(1)
             bar.close()
-            for k, v in sums.items():
-                self.history.setdefault(f"train_{k}", []).append(float(v) / n)
+            for k, v in zip(names, sums.tolist() if sums is not None else []):
+                self.history.setdefault(f"train_{k}", []).append(v / n)
             if x_test is not None:
                 for k, v in self.evaluate(x_test).items():
                     self.history.setdefault(f"test_{k}", []).append(v)
