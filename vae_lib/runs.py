@@ -48,8 +48,8 @@ def binarized_test_set(data: MNISTTensors) -> torch.Tensor:
 
 
 def run_fingerprint(model_config: VAEConfig, train_config: TrainConfig, binarization: str,
-                    beta: float, warmup_epochs: int, n_train: int) -> dict:
-    return {
+                    beta: float, warmup_epochs: int, n_train: int, likelihood: str = "bernoulli") -> dict:
+    fp = {
         "cache_version": CACHE_VERSION,
         "model": model_config.to_dict(),
         "train": {**train_config.fingerprint(), "epochs": train_config.epochs},
@@ -59,6 +59,11 @@ def run_fingerprint(model_config: VAEConfig, train_config: TrainConfig, binariza
         "n_train": n_train,
         "test_binarization_seed": TEST_BINARIZATION_SEED,
     }
+    # Only a non-default likelihood enters the fingerprint, so runs cached before the option
+    # existed keep their hashes.
+    if likelihood != "bernoulli":
+        fp["likelihood"] = likelihood
+    return fp
 
 
 def _load_cached(folder: Path, model_config: VAEConfig, device) -> Run | None:
@@ -84,18 +89,24 @@ def train_vae(
     data: MNISTTensors | None = None,
     device: torch.device | str | None = None,
     use_cache: bool = True,
+    likelihood: str = "bernoulli",
+    callbacks: list | None = None,
 ) -> Run:
     """Train (or load from the cache) a VAE on MNIST; history holds train/test ELBO, recon and KL.
 
     Training images are binarized as `binarization` says (see data.binarization_transform); the
     test images always with the fixed seed TEST_BINARIZATION_SEED. `n_train` uses the first
-    n_train training images (smoke builds). The model is returned in eval mode.
+    n_train training images (smoke builds). The model is returned in eval mode. `likelihood` is
+    the decoder's observation model (losses.LIKELIHOODS; "continuous_bernoulli" in book/beyond.md).
+    `callbacks` are handed to the Trainer (callback(trainer) after every epoch); they run only
+    when the model is trained, not when it comes from the cache, so pass use_cache=False when
+    they must run (vae_lib.latent.latent_snapshots caches their results itself).
     """
     device = torch.device(device) if device is not None else default_device()
     data = data if data is not None else load_mnist(device)
     data = data.to(device)
     n_train = n_train or data.x_train.shape[0]
-    fp = run_fingerprint(model_config, train_config, binarization, beta, warmup_epochs, n_train)
+    fp = run_fingerprint(model_config, train_config, binarization, beta, warmup_epochs, n_train, likelihood)
     folder = cache_dir() / "runs" / fingerprint_hash(fp)
     if use_cache:
         cached = _load_cached(folder, model_config, device)
@@ -106,9 +117,9 @@ def train_vae(
     seed_everything(train_config.seed)
     model = VAE(model_config).to(device)
     x_train, epoch_transform = binarization_transform(data.x_train[:n_train], binarization, train_config.seed)
-    trainer = Trainer(model, ELBOLoss(beta, warmup_epochs), train_config,
+    trainer = Trainer(model, ELBOLoss(beta, warmup_epochs, likelihood), train_config,
                       checkpoint_path=folder / "checkpoint.pt" if use_cache else None,
-                      epoch_transform=epoch_transform)
+                      epoch_transform=epoch_transform, callbacks=callbacks)
     start = time.perf_counter()
     result = trainer.fit(x_train, binarized_test_set(data))
     info = {"fingerprint": fp, "history": result.history, "device": str(device),
