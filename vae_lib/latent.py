@@ -81,8 +81,8 @@ def decode_grid(model, lim: float = 3.0, n: int = 15) -> tuple[torch.Tensor, tor
         raise ValueError(f"n must be at least 2 grid points per axis, got {n}")
     if not lim > 0:
         raise ValueError(f"lim must be > 0, got {lim!r}")
-    device = next(model.parameters()).device
-    axis = torch.linspace(-lim, lim, n, device=device)
+    param = next(model.parameters())
+    axis = torch.linspace(-lim, lim, n, device=param.device, dtype=param.dtype)
     z2, z1 = torch.meshgrid(axis.flip(0), axis, indexing="ij")
     z = torch.stack([z1.reshape(-1), z2.reshape(-1)], dim=-1)
     model.eval()
