@@ -140,3 +140,34 @@ def test_default_fingerprint_unchanged_and_likelihood_enters_it():
     assert "likelihood" not in fp  # runs cached before the option keep their hash
     assert fingerprint_hash(run_fingerprint(*args, likelihood="bernoulli")) == fingerprint_hash(fp)
     assert fingerprint_hash(run_fingerprint(*args, likelihood="continuous_bernoulli")) != fingerprint_hash(fp)
+
+
+def test_evaluate_passes_the_likelihood_through(tiny_vae):
+    from vae_lib.evaluate import log_likelihood
+
+    x = torch.rand(4, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        cb = log_likelihood(tiny_vae, x, k=1, seed=7, likelihood="continuous_bernoulli")
+        bern = log_likelihood(tiny_vae, x, k=1, seed=7)
+        # The same seed draws the same z, so the two differ by the log normaliser at those z.
+        mu, logvar = tiny_vae.encode(x)
+        eps = torch.randn((1, *mu.shape), dtype=mu.dtype, generator=torch.Generator().manual_seed(7))
+        logits = tiny_vae.decode(mu + torch.exp(0.5 * logvar) * eps)[0]
+    torch.testing.assert_close(cb - bern, continuous_bernoulli_log_norm(logits).sum(-1))
+
+
+@pytest.mark.slow
+def test_train_vae_with_the_continuous_bernoulli(mnist, tmp_path, monkeypatch):
+    from vae_lib.runs import train_vae
+
+    monkeypatch.setenv("VAE_LIB_CACHE", str(tmp_path))
+    config, train = VAEConfig(hidden_dims=(32,), z_dim=4), TrainConfig(epochs=1, batch_size=100, progress=False)
+    cb = train_vae(config, train, "none", n_train=500, data=mnist, device="cpu", likelihood="continuous_bernoulli")
+    bern = train_vae(config, train, "none", n_train=500, data=mnist, device="cpu")
+    assert cb.info["fingerprint"]["likelihood"] == "continuous_bernoulli"
+    assert "likelihood" not in bern.info["fingerprint"]
+    # The Bernoulli expression is a log-probability, <= 0; the CB log-density adds at least
+    # 784 log 2 = 543 nats to it, and already starts at about 0 for logits near 0.
+    assert bern.history["train_recon"][0] < 0 < cb.history["train_recon"][0]
+    assert train_vae(config, train, "none", n_train=500, data=mnist, device="cpu",
+                     likelihood="continuous_bernoulli").info["cached"]
