@@ -54,6 +54,79 @@ def bernoulli_log_likelihood(
     return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
 
 
+# Below this |logit| the log normaliser uses its Taylor series: the closed form divides two
+# quantities that both vanish at logit 0 (p = 1/2). The series' first omitted terms,
+# 127 logit^8 / 4838400 and logit^7 / 1209600, stay below 1e-13 here; above the cutoff the closed
+# forms are accurate to a few ulps (checked against torch.distributions in the tests).
+_CB_TAYLOR_CUTOFF = 0.1
+
+
+def continuous_bernoulli_log_norm(logits: torch.Tensor) -> torch.Tensor:
+    """log C(lambda) of the continuous Bernoulli with lambda = sigmoid(logits), elementwise.
+
+    Loaiza-Ganem & Cunningham (2019), eq. (7): C(lambda) = 2 artanh(1 - 2 lambda) / (1 - 2 lambda),
+    with C(1/2) = 2. In terms of the logit eta this is C = eta / tanh(eta / 2), computed as
+    log|eta| - log(1 - e^{-|eta|}) + log(1 + e^{-|eta|}) (no overflow, no cancellation for large
+    |eta|) and, for |eta| < 0.1, by the series log 2 + eta^2/12 - 7 eta^4/1440 + 31 eta^6/90720.
+    log C >= log 2 > 0.
+    Introduced in book/beyond.md.
+    """
+    a = logits.abs()
+    small = a < _CB_TAYLOR_CUTOFF
+    # Feed the closed form a harmless value where the series is used, so neither branch makes
+    # NaN values or NaN gradients (torch.where differentiates both branches).
+    a_safe = torch.where(small, torch.ones_like(a), a)
+    exact = torch.log(a_safe) - torch.log(-torch.expm1(-a_safe)) + torch.log1p(torch.exp(-a_safe))
+    eta2 = logits.pow(2)
+    series = math.log(2.0) + eta2 / 12.0 - 7.0 * eta2.pow(2) / 1440.0 + 31.0 * eta2.pow(3) / 90720.0
+    return torch.where(small, series, exact)
+
+
+def continuous_bernoulli_log_likelihood(
+    logits: torch.Tensor, x: torch.Tensor, validate: bool = True
+) -> torch.Tensor:
+    """log p_theta(x|z) for continuous-Bernoulli pixels, a normalised density on [0, 1]^D.
+
+    sum_d [x_d log lambda_d + (1 - x_d) log(1 - lambda_d) + log C(lambda_d)], lambda = sigmoid(logits)
+    (Loaiza-Ganem & Cunningham 2019, eq. 7). It is the Bernoulli expression plus the log
+    normaliser, which the Bernoulli "likelihood" of grey levels lacks. Reduction: summed over the
+    last (pixel) dimension; one value per image, shape logits.shape[:-1]; extra leading sample
+    dimensions of `logits` broadcast against x. Introduced in book/beyond.md.
+    """
+    return bernoulli_log_likelihood(logits, x, validate) + continuous_bernoulli_log_norm(logits).sum(-1)
+
+
+def continuous_bernoulli_mean(logits: torch.Tensor) -> torch.Tensor:
+    """E[x] under the continuous Bernoulli, elementwise: lambda / (2 lambda - 1) + 1 / (2 artanh(1 - 2 lambda)).
+
+    Loaiza-Ganem & Cunningham (2019), section 3. Unlike the Bernoulli, the mean is not lambda:
+    with eta = logit(lambda) it is sigmoid(eta) / tanh(eta / 2) - 1 / eta, which we evaluate by
+    its series 1/2 + eta/12 - eta^3/720 + eta^5/30240 for |eta| < 0.1. Introduced in book/beyond.md.
+    """
+    small = logits.abs() < _CB_TAYLOR_CUTOFF
+    safe = torch.where(small, torch.ones_like(logits), logits)
+    exact = torch.sigmoid(safe) / torch.tanh(0.5 * safe) - 1.0 / safe
+    series = 0.5 + logits / 12.0 - logits.pow(3) / 720.0 + logits.pow(5) / 30240.0
+    return torch.where(small, series, exact)
+
+
+# The observation models a decoder's logits can parametrise, by the name ELBOLoss and train_vae take.
+LIKELIHOODS = {
+    "bernoulli": bernoulli_log_likelihood,
+    "continuous_bernoulli": continuous_bernoulli_log_likelihood,
+}
+
+
+def get_log_likelihood(likelihood: str):
+    """The log-likelihood function called `likelihood` (a key of LIKELIHOODS)."""
+    try:
+        return LIKELIHOODS[likelihood]
+    except KeyError:
+        raise ValueError(
+            f"unknown likelihood {likelihood!r}; use one of {sorted(LIKELIHOODS)}"
+        ) from None
+
+
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL( N(mu, diag(exp(logvar))) || N(0, I) ) = 1/2 sum_j (mu_j^2 + sigma_j^2 - log sigma_j^2 - 1).
 
@@ -80,15 +153,17 @@ def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
     return -0.5 * (LOG_2PI + z.pow(2)).sum(-1)
 
 
-def elbo_terms(model, x: torch.Tensor, validate: bool = True) -> dict[str, torch.Tensor]:
+def elbo_terms(model, x: torch.Tensor, validate: bool = True, likelihood: str = "bernoulli") -> dict[str, torch.Tensor]:
     """One-sample ELBO estimate and its two parts, per image (shape (B,)).
 
     elbo = recon - kl with recon = log p_theta(x|z), z ~ q_phi(z|x) reparametrised, and kl the
     closed-form KL(q_phi(z|x) || p(z)). All in nats, summed over pixels / latent dimensions.
-    Introduced in book/first_vae.md.
+    `likelihood` names the observation model (LIKELIHOODS; "continuous_bernoulli" from
+    book/beyond.md). Introduced in book/first_vae.md.
     """
+    log_lik = get_log_likelihood(likelihood)
     out = model(x)
-    recon = bernoulli_log_likelihood(out.logits, x, validate=validate)
+    recon = log_lik(out.logits, x, validate=validate)
     kl = gaussian_kl(out.mu, out.logvar)
     return {"elbo": recon - kl, "recon": recon, "kl": kl}
 
@@ -99,10 +174,13 @@ class ELBOLoss:
     `beta` weights the KL term (beta-VAE); `warmup_epochs` > 0 ramps that weight linearly from 0
     to beta over the first epochs (KL annealing). The trainer calls `set_epoch` and `check_data`.
     The returned metrics are the unweighted ELBO, reconstruction and KL per image, so curves stay
-    comparable across beta. Introduced in book/first_vae.md.
+    comparable across beta. `likelihood` picks the observation model: "bernoulli" (the default)
+    or "continuous_bernoulli" (book/beyond.md). Introduced in book/first_vae.md.
     """
 
-    def __init__(self, beta: float = 1.0, warmup_epochs: int = 0):
+    def __init__(self, beta: float = 1.0, warmup_epochs: int = 0, likelihood: str = "bernoulli"):
+        get_log_likelihood(likelihood)  # fail here, with the list of names, not at the first batch
+        self.likelihood = likelihood
         if beta < 0:
             raise ValueError(f"beta must be >= 0, got {beta}")
         if warmup_epochs < 0:
@@ -120,18 +198,20 @@ class ELBOLoss:
         check_bernoulli_targets(x)
 
     def __call__(self, model, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        terms = elbo_terms(model, x, validate=False)
+        terms = elbo_terms(model, x, validate=False, likelihood=self.likelihood)
         loss = -(terms["recon"] - self.kl_weight * terms["kl"]).mean()
         return loss, terms
 
 
-def log_importance_weights(model, x: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def log_importance_weights(model, x: torch.Tensor, k: int, generator: torch.Generator | None = None,
+                           likelihood: str = "bernoulli") -> torch.Tensor:
     """log w_k = log p_theta(x|z_k) + log p(z_k) - log q_phi(z_k|x), z_k ~ q_phi(z|x): shape (k, B)."""
+    log_lik = get_log_likelihood(likelihood)
     mu, logvar = model.encode(x)  # (B, z_dim)
     eps = torch.randn((k, *mu.shape), dtype=mu.dtype, device=mu.device, generator=generator)
     z = mu + torch.exp(0.5 * logvar) * eps  # (k, B, z_dim)
     logits = model.decode(z)  # (k, B, x_dim)
-    log_px_z = bernoulli_log_likelihood(logits, x, validate=False)
+    log_px_z = log_lik(logits, x, validate=False)
     return log_px_z + standard_normal_log_prob(z) - diag_gaussian_log_prob(z, mu, logvar)
 
 
@@ -141,13 +221,15 @@ def iwae_bound(
     k: int,
     generator: torch.Generator | None = None,
     max_elements: int = 2**24,
+    likelihood: str = "bernoulli",
 ) -> torch.Tensor:
     """Importance-weighted bound L_K = log (1/K) sum_k w_k per image (Burda et al. 2015, eq. 8).
 
     Reduction: one value per image, shape (B,), in nats. L_1 is the ELBO estimator; L_K does not
     decrease with K and tends to log p_theta(x). The K samples are drawn in chunks whose decoder
     output holds at most `max_elements` numbers (2**24 floats = 64 MiB), and combined with a
-    running logsumexp, so K = 5000 fits in a laptop's memory. Introduced in book/evaluation.md.
+    running logsumexp, so K = 5000 fits in a laptop's memory. `likelihood` as in ELBOLoss.
+    Introduced in book/evaluation.md.
     """
     if k < 1:
         raise ValueError(f"K must be a positive integer, got {k}")
@@ -156,7 +238,7 @@ def iwae_bound(
     chunk = max(1, min(k, max_elements // max(1, batch * x_dim)))
     running = None
     for start in range(0, k, chunk):
-        lw = log_importance_weights(model, x, min(chunk, k - start), generator)
+        lw = log_importance_weights(model, x, min(chunk, k - start), generator, likelihood)
         part = torch.logsumexp(lw, dim=0)
         running = part if running is None else torch.logaddexp(running, part)
     return running - math.log(k)

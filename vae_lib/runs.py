@@ -49,7 +49,8 @@ def binarized_test_set(data: MNISTTensors) -> torch.Tensor:
 
 
 def run_fingerprint(model_config: VAEConfig, train_config: TrainConfig, binarization: str,
-                    beta: float, warmup_epochs: int, n_train: int, n_test: int | None = None) -> dict:
+                    beta: float, warmup_epochs: int, n_train: int, n_test: int | None = None,
+                    likelihood: str = "bernoulli") -> dict:
     fp = {
         "cache_version": CACHE_VERSION,
         "model": model_config.to_dict(),
@@ -63,6 +64,10 @@ def run_fingerprint(model_config: VAEConfig, train_config: TrainConfig, binariza
     # Only runs that evaluate on part of the test set carry n_test, so older hashes stay valid.
     if n_test is not None:
         fp["n_test"] = n_test
+    # Only a non-default likelihood enters the fingerprint, so runs cached before the option
+    # existed keep their hashes.
+    if likelihood != "bernoulli":
+        fp["likelihood"] = likelihood
     return fp
 
 
@@ -90,6 +95,8 @@ def train_vae(
     device: torch.device | str | None = None,
     use_cache: bool = True,
     n_test: int | None = None,
+    likelihood: str = "bernoulli",
+    callbacks: list | None = None,
 ) -> Run:
     """Train (or load from the cache) a VAE on MNIST; history holds train/test ELBO, recon and KL.
 
@@ -98,6 +105,10 @@ def train_vae(
     n_train training images (smoke builds); `n_test` evaluates the per-epoch test curves on the
     first n_test of those binarized test images only (long runs on small subsets, where scoring
     all 10,000 every epoch would cost more than the training). The model is returned in eval mode.
+    `likelihood` is the decoder's observation model (losses.LIKELIHOODS; "continuous_bernoulli" in
+    book/beyond.md). `callbacks` are handed to the Trainer (callback(trainer) after every epoch);
+    they run only when the model is trained, not when it comes from the cache, so pass
+    use_cache=False when they must run (vae_lib.latent.latent_snapshots caches their results).
     """
     device = torch.device(device) if device is not None else default_device()
     data = data if data is not None else load_mnist(device)
@@ -106,7 +117,7 @@ def train_vae(
     if n_test is not None and not 1 <= n_test <= data.x_test.shape[0]:
         raise ValueError(f"n_test must be between 1 and {data.x_test.shape[0]}, got {n_test}; "
                          "pass None to use the whole test set")
-    fp = run_fingerprint(model_config, train_config, binarization, beta, warmup_epochs, n_train, n_test)
+    fp = run_fingerprint(model_config, train_config, binarization, beta, warmup_epochs, n_train, n_test, likelihood)
     folder = cache_dir() / "runs" / fingerprint_hash(fp)
     if use_cache:
         cached = _load_cached(folder, model_config, device)
@@ -117,9 +128,9 @@ def train_vae(
     seed_everything(train_config.seed)
     model = VAE(model_config).to(device)
     x_train, epoch_transform = binarization_transform(data.x_train[:n_train], binarization, train_config.seed)
-    trainer = Trainer(model, ELBOLoss(beta, warmup_epochs), train_config,
+    trainer = Trainer(model, ELBOLoss(beta, warmup_epochs, likelihood), train_config,
                       checkpoint_path=folder / "checkpoint.pt" if use_cache else None,
-                      epoch_transform=epoch_transform)
+                      epoch_transform=epoch_transform, callbacks=callbacks)
     start = time.perf_counter()
     result = trainer.fit(x_train, binarized_test_set(data)[:n_test])
     info = {"fingerprint": fp, "history": result.history, "device": str(device),
