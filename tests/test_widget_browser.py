@@ -253,3 +253,15 @@ def test_renders_after_reload_and_in_a_second_chapter(page, site_url, smoke_site
     assert shown["z"][1] == -2
     assert np.abs(np.array(shown["grey"]) - _expected_grey(state, shown["z"])).max() <= GREY_TOLERANCE
     assert not page.log.errors, page.log.errors
+
+
+def test_saved_progress_bar_renders_offline(page, site_url):
+    # The training chapter leaves the last epoch's tqdm bar: an ipywidgets progress bar saved in
+    # the page, drawn by the site's own html-manager with no kernel and no CDN.
+    page.goto(site_url + "book/training.html", wait_until="networkidle")
+    bar = page.locator(".widget-hprogress, .widget-progress").first
+    bar.wait_for(timeout=30_000)
+    assert bar.is_visible()
+    outside = [u for u in page.log.requests if not u.startswith(site_url) and not u.startswith(LOCAL_SCHEMES)]
+    assert not outside, f"requests outside localhost: {outside}"
+    assert not page.log.errors, page.log.errors

@@ -31,7 +31,7 @@ from .data import atomic_write_bytes, binarization_transform, load_mnist
 from .losses import bernoulli_log_likelihood, gaussian_kl
 from .model import VAE, VAEConfig
 from .runs import binarized_test_set
-from .train import PRECISIONS, _atomic_torch_save, make_adam, seed_everything
+from .train import PRECISIONS, atomic_torch_save, make_adam, seed_everything
 
 
 class ELBOWithNoise(torch.nn.Module):
@@ -130,7 +130,7 @@ def train_distributed(args: argparse.Namespace) -> dict:
                 summary["test_elbo"] = float((recon - kl).mean())
             if args.out:
                 out = Path(args.out)
-                _atomic_torch_save(vae.state_dict(), out / "model.pt")
+                atomic_torch_save(vae.state_dict(), out / "model.pt")
                 atomic_write_bytes(out / "run.json", (json.dumps(summary, indent=1) + "\n").encode())
                 print(f"wrote {out / 'model.pt'} and {out / 'run.json'}")
         return summary

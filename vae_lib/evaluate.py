@@ -202,7 +202,7 @@ def cached_log_weights(model, x: torch.Tensor, k: int, seed: int = 0, batch_size
     """
     from .data import atomic_write_bytes, sha256_file
     from .runs import cache_dir
-    from .train import _atomic_torch_save, fingerprint_hash
+    from .train import atomic_torch_save, fingerprint_hash
 
     key = fingerprint_hash({"what": "log_weights", "version": EVAL_CACHE_VERSION, "model": model_digest(model),
                             "x": tensor_digest(x), "k": int(k), "seed": seed, "batch_size": batch_size,
@@ -216,7 +216,7 @@ def cached_log_weights(model, x: torch.Tensor, k: int, seed: int = 0, batch_size
     start = time.perf_counter()
     log_w = log_weights(model, x, k, seed, batch_size, max_elements)
     if use_cache:
-        _atomic_torch_save(log_w.cpu(), path)
+        atomic_torch_save(log_w.cpu(), path)
         info = {"sha256": sha256_file(path), "k": int(k), "n_images": int(x.shape[0]), "seed": seed,
                 "wall_time_s": time.perf_counter() - start}
         atomic_write_bytes(info_path, json.dumps(info, indent=1).encode())

@@ -18,7 +18,7 @@ from .book import default_device
 from .data import MNISTTensors, atomic_write_bytes, load_mnist, sha256_file
 from .model import VAE, VAEConfig
 from .runs import cache_dir, run_fingerprint, train_vae
-from .train import TrainConfig, _atomic_torch_save, fingerprint_hash, seed_everything
+from .train import TrainConfig, atomic_torch_save, fingerprint_hash, seed_everything
 
 
 @torch.no_grad()
@@ -180,7 +180,7 @@ def latent_snapshots(
     stacked = torch.stack(means)
     info = {"fingerprint": fp, "epochs": epochs, "history": run.history}
     if use_cache:
-        _atomic_torch_save({"means": stacked}, tensors_path)
+        atomic_torch_save({"means": stacked}, tensors_path)
         info["sha256"] = sha256_file(tensors_path)
         atomic_write_bytes(info_path, json.dumps(info, indent=1).encode())
     return LatentSnapshots(epochs, stacked, run.history, {**info, "cached": False})

@@ -22,7 +22,7 @@ from .book import default_device
 from .data import MNISTTensors, atomic_write_bytes, binarization_transform, binarize_fixed, load_mnist, sha256_file
 from .losses import ELBOLoss
 from .model import VAE, VAEConfig
-from .train import TrainConfig, Trainer, _atomic_torch_save, fingerprint_hash, seed_everything
+from .train import TrainConfig, Trainer, atomic_torch_save, fingerprint_hash, seed_everything
 
 # Bump when a change to the training code changes results, so old cached runs are not reused.
 # 2: fused Adam, and evaluation noise drawn from a forked random state (vae_lib.train).
@@ -137,7 +137,7 @@ def train_vae(
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "wall_time_s": time.perf_counter() - start, "torch": torch.__version__}
     if use_cache:
-        _atomic_torch_save(model.state_dict(), folder / "model.pt")
+        atomic_torch_save(model.state_dict(), folder / "model.pt")
         info["model_sha256"] = sha256_file(folder / "model.pt")
         atomic_write_bytes(folder / "run.json", json.dumps(info, indent=1).encode())
         (folder / "checkpoint.pt").unlink(missing_ok=True)

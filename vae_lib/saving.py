@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .model import VAE, VAEConfig
-from .train import _atomic_torch_save
+from .train import atomic_torch_save
 
 FORMAT = "vae_lib.saved_model/1"
 
@@ -42,7 +42,7 @@ def save_model(model: VAE, path: str | Path, metadata: dict | None = None) -> Pa
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "metadata": json.dumps(metadata or {}),
     }
-    _atomic_torch_save(payload, path)
+    atomic_torch_save(payload, path)
     path.chmod(0o644)  # the atomic write's temporary file was readable by its owner only
     return path
 

@@ -103,7 +103,7 @@ def seed_everything(seed: int) -> torch.Generator:
     return g
 
 
-def _atomic_torch_save(obj, path: Path) -> None:
+def atomic_torch_save(obj, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -203,7 +203,7 @@ class Trainer:
 
     def save_checkpoint(self, path: str | Path | None = None) -> Path:
         path = Path(path or self.checkpoint_path)
-        _atomic_torch_save(self.state_dict(), path)
+        atomic_torch_save(self.state_dict(), path)
         return path
 
     def load_checkpoint(self, path: str | Path | None = None) -> None:
@@ -300,7 +300,9 @@ class Trainer:
             sums: torch.Tensor | None = None  # (n_metrics,) running sums, kept on the device
             names: list[str] = []
             bar = tqdm(total=steps, desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
-                       disable=not self.config.progress, leave=False)
+                       disable=not self.config.progress,
+                       # Earlier epochs' bars vanish; the last one stays as the run's record.
+                       leave=self.epoch + 1 == self.config.epochs)
             for step in range(steps):
                 batch = x_epoch[step * bs:(step + 1) * bs]
                 with torch.autocast(self.device.type, dtype=amp_dtype or torch.float32,
