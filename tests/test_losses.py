@@ -171,3 +171,15 @@ def test_iwae_chunking_gives_the_same_estimator(tiny_vae):
 def test_log_importance_weights_shape(tiny_vae):
     x = torch.zeros(5, 12, dtype=torch.float64)
     assert log_importance_weights(tiny_vae, x, 7).shape == (7, 5)
+
+
+def test_iwae_bound_with_the_encoders_q_given_explicitly_is_the_same(tiny_vae):
+    # q=(mu, logvar) from the encoder must reproduce the default path draw for draw.
+    x = (torch.rand(4, 12, generator=torch.Generator().manual_seed(13)) < 0.5).double()
+    with torch.no_grad():
+        default = iwae_bound(tiny_vae, x, 30, torch.Generator().manual_seed(14))
+        explicit = iwae_bound(tiny_vae, x, 30, torch.Generator().manual_seed(14), q=tiny_vae.encode(x))
+        shifted = iwae_bound(tiny_vae, x, 30, torch.Generator().manual_seed(14),
+                             q=(tiny_vae.encode(x)[0] + 1.0, tiny_vae.encode(x)[1]))
+    torch.testing.assert_close(default, explicit, rtol=0, atol=0)
+    assert not torch.allclose(default, shifted), "another proposal must change the weights"

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .losses import check_bernoulli_targets, gaussian_kl, get_log_likelihood, diag_gaussian_log_prob, standard_normal_log_prob
+from .losses import check_bernoulli_targets, gaussian_kl, get_log_likelihood, iwae_bound
 
 
 def _check_q(x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> None:
@@ -72,22 +72,8 @@ def iwae_given_q(model, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
     `fit_local_posteriors`. A lower bound on log p_theta(x) in expectation for every proposal,
     tending to log p_theta(x) as K grows. Combined over chunks with a running logsumexp.
     """
-    if k < 1:
-        raise ValueError(f"K must be a positive integer, got {k}")
     _check_q(x, mu, logvar)
-    log_lik = get_log_likelihood(likelihood)
-    chunk = _chunk(x.shape[0], x.shape[-1], max_elements)
-    sigma = torch.exp(0.5 * logvar)
-    running = None
-    for start in range(0, k, chunk):
-        m = min(chunk, k - start)
-        eps = torch.randn((m, *mu.shape), dtype=mu.dtype, device=mu.device, generator=generator)
-        z = mu + sigma * eps  # (m, N, z_dim)
-        log_w = (log_lik(model.decode(z), _targets(x, m), validate=False) + standard_normal_log_prob(z)
-                 - diag_gaussian_log_prob(z, mu, logvar))
-        part = torch.logsumexp(log_w, dim=0)
-        running = part if running is None else torch.logaddexp(running, part)
-    return running - math.log(k)
+    return iwae_bound(model, x, k, generator, max_elements, likelihood, q=(mu, logvar))
 
 
 @dataclass

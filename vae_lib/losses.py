@@ -204,10 +204,15 @@ class ELBOLoss:
 
 
 def log_importance_weights(model, x: torch.Tensor, k: int, generator: torch.Generator | None = None,
-                           likelihood: str = "bernoulli") -> torch.Tensor:
-    """log w_k = log p_theta(x|z_k) + log p(z_k) - log q_phi(z_k|x), z_k ~ q_phi(z|x): shape (k, B)."""
+                           likelihood: str = "bernoulli",
+                           q: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """log w_k = log p_theta(x|z_k) + log p(z_k) - log q(z_k), z_k ~ q: shape (k, B).
+
+    The proposal q is the encoder's q_phi(z|x), or any diagonal Gaussian given as q = (mu, logvar),
+    each (B, z_dim) (e.g. the per-image posteriors of book/amortization.md).
+    """
     log_lik = get_log_likelihood(likelihood)
-    mu, logvar = model.encode(x)  # (B, z_dim)
+    mu, logvar = model.encode(x) if q is None else q  # (B, z_dim)
     eps = torch.randn((k, *mu.shape), dtype=mu.dtype, device=mu.device, generator=generator)
     z = mu + torch.exp(0.5 * logvar) * eps  # (k, B, z_dim)
     logits = model.decode(z)  # (k, B, x_dim)
@@ -222,14 +227,15 @@ def iwae_bound(
     generator: torch.Generator | None = None,
     max_elements: int = 2**24,
     likelihood: str = "bernoulli",
+    q: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Importance-weighted bound L_K = log (1/K) sum_k w_k per image (Burda et al. 2015, eq. 8).
 
     Reduction: one value per image, shape (B,), in nats. L_1 is the ELBO estimator; L_K does not
     decrease with K and tends to log p_theta(x). The K samples are drawn in chunks whose decoder
     output holds at most `max_elements` numbers (2**24 floats = 64 MiB), and combined with a
-    running logsumexp, so K = 5000 fits in a laptop's memory. `likelihood` as in ELBOLoss.
-    Introduced in book/evaluation.md.
+    running logsumexp, so K = 5000 fits in a laptop's memory. `likelihood` as in ELBOLoss; `q` as
+    in `log_importance_weights` (default: the encoder). Introduced in book/evaluation.md.
     """
     if k < 1:
         raise ValueError(f"K must be a positive integer, got {k}")
@@ -238,7 +244,7 @@ def iwae_bound(
     chunk = max(1, min(k, max_elements // max(1, batch * x_dim)))
     running = None
     for start in range(0, k, chunk):
-        lw = log_importance_weights(model, x, min(chunk, k - start), generator, likelihood)
+        lw = log_importance_weights(model, x, min(chunk, k - start), generator, likelihood, q)
         part = torch.logsumexp(lw, dim=0)
         running = part if running is None else torch.logaddexp(running, part)
     return running - math.log(k)
