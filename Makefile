@@ -35,7 +35,7 @@ WEB_VENDOR := web/site/_static/vendor
 widget-js: $(WEB_VENDOR)/.installed
 
 $(WEB_VENDOR)/.installed: web/package.json web/package-lock.json
-	@command -v npm >/dev/null 2>&1 || (apt-get update -q && apt-get install -y -q nodejs npm)
+	@command -v npm >/dev/null 2>&1 || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm)
 	cd web && npm ci --no-audit --no-fund --ignore-scripts
 	rm -rf $(WEB_VENDOR)
 	mkdir -p $(WEB_VENDOR)/html-manager $(WEB_VENDOR)/anywidget $(WEB_VENDOR)/mathjax/output
@@ -62,7 +62,7 @@ student: $(STAMP) widget-js
 
 # Headless Chromium for the browser tests (Debian package; Playwright's own download fails offline).
 browser:
-	@command -v chromium >/dev/null 2>&1 || (apt-get update -q && apt-get install -y -q chromium)
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
 
 test: $(STAMP) browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
