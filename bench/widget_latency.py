@@ -18,13 +18,13 @@ Build the site first (`make book-smoke`, or run the browser tests, which build _
 from __future__ import annotations
 
 import argparse
-import socket
 import statistics
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
+
+# Run as a script from anywhere: the repository root holds tools/.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tools.serve import serve_directory  # noqa: E402
 
 GOAL_MS = 16.0
 CHROMIUM = "/usr/bin/chromium"
@@ -50,36 +50,19 @@ MEASURE = """async ([n, dim]) => {
 }"""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--site", type=Path, default=Path("_build/test-site/_build/html"),
+    parser.add_argument("--site", type=Path, default=Path("_build/html"),
                         help="the built site's html directory")
     parser.add_argument("--page", default="book/latent_explorer.html")
     parser.add_argument("--n", type=int, default=300, help="slider inputs to time")
     args = parser.parse_args()
     if not (args.site / args.page).is_file():
-        sys.exit(f"{args.site / args.page} not found: build the site first (make book-smoke)")
+        sys.exit(f"{args.site / args.page} not found: build the site first (make book)")
 
     from playwright.sync_api import sync_playwright
 
-    port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
-                               "--directory", str(args.site)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        url = f"http://127.0.0.1:{port}/"
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(url, timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
+    with serve_directory(args.site) as url:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page()
@@ -88,9 +71,6 @@ def main() -> None:
             page.evaluate(MEASURE, [20, 0])  # warm-up: JIT compilation of the forward pass
             result = page.evaluate(MEASURE, [args.n, 0])
             browser.close()
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
     for name, times in [("input to drawn", result["drawn"]), ("input to next frame", result["framed"])]:
         q = statistics.quantiles(times, n=20)
