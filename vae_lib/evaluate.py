@@ -8,13 +8,12 @@ such expensive evaluations beside the cached runs, with a checksum.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
 
 import torch
 
+from .cache import cache_dir, load_checked, model_digest, save_checked, tensor_digest  # noqa: F401 (digests re-exported)
 from .losses import check_bernoulli_targets, elbo_terms, iwae_bound, log_importance_weights
 
 
@@ -176,22 +175,6 @@ def format_bound_table(rows: list[dict]) -> str:
 EVAL_CACHE_VERSION = 1
 
 
-def tensor_digest(t: torch.Tensor) -> str:
-    """sha256 of a tensor's dtype, shape and bytes (on the CPU)."""
-    h = hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode())
-    h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def model_digest(model: torch.nn.Module) -> str:
-    """sha256 over a model's state dict, name by name: equal digests mean equal parameters."""
-    h = hashlib.sha256()
-    for name, value in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor_digest(value).encode())
-    return h.hexdigest()
-
-
 def cached_log_weights(model, x: torch.Tensor, k: int, seed: int = 0, batch_size: int = 100,
                        max_elements: int = 2**24, use_cache: bool = True) -> torch.Tensor:
     """`log_weights`, stored under <cache>/evals/<hash>/ with a sha256 of the file.
@@ -200,24 +183,18 @@ def cached_log_weights(model, x: torch.Tensor, k: int, seed: int = 0, batch_size
     a result is reused only for the very same computation (e.g. the in-distribution scores of
     book/anomaly.md are those of book/evaluation.md). A file failing its checksum is recomputed.
     """
-    from .data import atomic_write_bytes, sha256_file
-    from .runs import cache_dir
-    from .train import atomic_torch_save, fingerprint_hash
+    from .train import fingerprint_hash
 
     key = fingerprint_hash({"what": "log_weights", "version": EVAL_CACHE_VERSION, "model": model_digest(model),
                             "x": tensor_digest(x), "k": int(k), "seed": seed, "batch_size": batch_size,
                             "max_elements": max_elements, "device": x.device.type})
     folder = cache_dir() / "evals" / key
     path, info_path = folder / "log_w.pt", folder / "info.json"
-    if use_cache and path.is_file() and info_path.is_file():
-        if sha256_file(path) == json.loads(info_path.read_text()).get("sha256"):
-            return torch.load(path, map_location=x.device, weights_only=True)
-        print(f"vae_lib: cached evaluation {path} fails its checksum; recomputing it")
+    if use_cache and (entry := load_checked(path, info_path, map_location=x.device)) is not None:
+        return entry[0]
     start = time.perf_counter()
     log_w = log_weights(model, x, k, seed, batch_size, max_elements)
     if use_cache:
-        atomic_torch_save(log_w.cpu(), path)
-        info = {"sha256": sha256_file(path), "k": int(k), "n_images": int(x.shape[0]), "seed": seed,
-                "wall_time_s": time.perf_counter() - start}
-        atomic_write_bytes(info_path, json.dumps(info, indent=1).encode())
+        save_checked(log_w.cpu(), path, info_path, {"k": int(k), "n_images": int(x.shape[0]), "seed": seed,
+                                                     "wall_time_s": time.perf_counter() - start})
     return log_w

@@ -8,17 +8,16 @@ Introduced in book/generation.md (means, grids, interpolation, snapshots) and bo
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 
 import torch
 
 from .book import default_device
-from .data import MNISTTensors, atomic_write_bytes, load_mnist, sha256_file
+from .cache import cache_dir, load_checked, save_checked, tensor_digest
+from .data import MNISTTensors, load_mnist
 from .model import VAE, VAEConfig
-from .runs import cache_dir, run_fingerprint, train_vae
-from .train import TrainConfig, atomic_torch_save, fingerprint_hash, seed_everything
+from .runs import run_fingerprint, train_vae
+from .train import TrainConfig, fingerprint_hash, seed_everything
 
 
 @torch.no_grad()
@@ -127,10 +126,6 @@ class LatentSnapshots:
     info: dict  # fingerprint, cached (bool), files
 
 
-def _tensor_digest(x: torch.Tensor) -> str:
-    return hashlib.sha256(x.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
-
-
 def latent_snapshots(
     model_config: VAEConfig,
     train_config: TrainConfig,
@@ -155,15 +150,12 @@ def latent_snapshots(
     data = (data if data is not None else load_mnist(device)).to(device)
     n_train = n_train or data.x_train.shape[0]
     fp = {"run": run_fingerprint(model_config, train_config, binarization, 1.0, 0, n_train),
-          "x": _tensor_digest(x), "n_x": int(x.shape[0]), "kind": "latent_snapshots"}
+          "x": tensor_digest(x), "n_x": int(x.shape[0]), "kind": "latent_snapshots"}
     folder = cache_dir() / "snapshots" / fingerprint_hash(fp)
     tensors_path, info_path = folder / "snapshots.pt", folder / "snapshots.json"
-    if use_cache and tensors_path.is_file() and info_path.is_file():
-        info = json.loads(info_path.read_text())
-        if sha256_file(tensors_path) == info.get("sha256"):
-            saved = torch.load(tensors_path, map_location="cpu", weights_only=True)
-            return LatentSnapshots(info["epochs"], saved["means"], info["history"], {**info, "cached": True})
-        print(f"vae_lib: cached snapshots {tensors_path} fail their checksum; recomputing them")
+    if use_cache and (entry := load_checked(tensors_path, info_path, map_location="cpu")) is not None:
+        saved, info = entry
+        return LatentSnapshots(info["epochs"], saved["means"], info["history"], {**info, "cached": True})
 
     x = x.to(device)
     # The untrained encoder: train_vae seeds and builds the model exactly like this.
@@ -180,7 +172,5 @@ def latent_snapshots(
     stacked = torch.stack(means)
     info = {"fingerprint": fp, "epochs": epochs, "history": run.history}
     if use_cache:
-        atomic_torch_save({"means": stacked}, tensors_path)
-        info["sha256"] = sha256_file(tensors_path)
-        atomic_write_bytes(info_path, json.dumps(info, indent=1).encode())
+        info = save_checked({"means": stacked}, tensors_path, info_path, info)
     return LatentSnapshots(epochs, stacked, run.history, {**info, "cached": False})

@@ -5,13 +5,11 @@ result (model and training configuration, binarization, loss weights, training-s
 the library's cache version). Its files live in `<cache>/runs/<hash>/`: `model.pt` (the state
 dict), `run.json` (configuration, history, device, wall time and model.pt's sha256) and, while
 training, `checkpoint.pt`, so an interrupted build resumes where it stopped. A cached model whose
-checksum does not match is retrained, never silently used.
+checksum does not match is retrained, never silently used (vae_lib.cache).
 """
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,21 +17,18 @@ from pathlib import Path
 import torch
 
 from .book import default_device
-from .data import MNISTTensors, atomic_write_bytes, binarization_transform, binarize_fixed, load_mnist, sha256_file
+from .cache import cache_dir, load_checked, save_checked
+from .data import MNISTTensors, binarization_transform, binarize_fixed, load_mnist
 from .losses import ELBOLoss
 from .model import VAE, VAEConfig
-from .train import TrainConfig, Trainer, atomic_torch_save, fingerprint_hash, seed_everything
+from .train import TrainConfig, Trainer, fingerprint_hash, seed_everything
 
 # Bump when a change to the training code changes results, so old cached runs are not reused.
 # 2: fused Adam, and evaluation noise drawn from a forked random state (vae_lib.train).
-CACHE_VERSION = 2
+# 3: run.json records the weights' checksum as "sha256", like every entry of vae_lib.cache.
+CACHE_VERSION = 3
 # The test set is binarized once with this seed everywhere in the book, so numbers compare.
 TEST_BINARIZATION_SEED = 1234
-
-
-def cache_dir() -> Path:
-    """$VAE_LIB_CACHE, else ~/.cache/vae_lib."""
-    return Path(os.environ.get("VAE_LIB_CACHE", Path.home() / ".cache" / "vae_lib"))
 
 
 @dataclass
@@ -72,15 +67,12 @@ def run_fingerprint(model_config: VAEConfig, train_config: TrainConfig, binariza
 
 
 def _load_cached(folder: Path, model_config: VAEConfig, device) -> Run | None:
-    info_path, model_path = folder / "run.json", folder / "model.pt"
-    if not (info_path.is_file() and model_path.is_file()):
+    entry = load_checked(folder / "model.pt", folder / "run.json", map_location=device)
+    if entry is None:
         return None
-    info = json.loads(info_path.read_text())
-    if sha256_file(model_path) != info.get("model_sha256"):
-        print(f"vae_lib: cached model {model_path} fails its checksum; retraining it")
-        return None
+    state_dict, info = entry
     model = VAE(model_config).to(device)
-    model.load_state_dict(torch.load(model_path, map_location=device, weights_only=True))
+    model.load_state_dict(state_dict)
     return Run(model, info["history"], {**info, "cached": True})
 
 
@@ -137,9 +129,7 @@ def train_vae(
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "wall_time_s": time.perf_counter() - start, "torch": torch.__version__}
     if use_cache:
-        atomic_torch_save(model.state_dict(), folder / "model.pt")
-        info["model_sha256"] = sha256_file(folder / "model.pt")
-        atomic_write_bytes(folder / "run.json", json.dumps(info, indent=1).encode())
+        info = save_checked(model.state_dict(), folder / "model.pt", folder / "run.json", info)
         (folder / "checkpoint.pt").unlink(missing_ok=True)
     model.eval()
     return Run(model, result.history, {**info, "cached": False})
