@@ -116,3 +116,42 @@ def test_static_binarizations_are_applied_once(mnist):
         assert transform is None
     with pytest.raises(ValueError, match="unknown binarization"):
         D.binarization_transform(x, "otsu")
+
+
+@pytest.mark.parametrize("m", [255, 256])
+def test_byte_binarization_has_probability_exactly_k_over_m(m):
+    # Every grey level k/m, k = 0..255, in 4,000 rows. P(1) must be k/m: for m = 255 the byte 255 is
+    # redrawn, so level 255/255 = 1 gives 1 every time (without the redraw it would give 0 one time
+    # in 256, about 16 of these 4,000 draws). Frequencies: 4,000 draws per level, standard error
+    # <= 0.0079; allow 5 se on each of the 256 levels (a false alarm about once in 10^4 runs).
+    k = torch.arange(256, dtype=torch.float32)
+    x = (k / m).repeat(4000, 1)
+    x0, transform = D.binarization_transform(x, "dynamic")
+    assert isinstance(transform, D.DynamicBinarization) and transform.codes[1] == m
+    assert torch.equal(transform.codes[0][0], torch.arange(256, dtype=torch.uint8))
+    b = transform(x0, torch.Generator().manual_seed(0))
+    assert b.dtype == torch.float32 and set(b.unique().tolist()) <= {0.0, 1.0}
+    freq, p = b.mean(0), k / m
+    se = torch.sqrt(p * (1 - p) / 4000).clamp_min(1e-12)
+    assert ((freq - p).abs() <= 5 * se).all(), ((freq - p).abs() / se).max()
+    assert b[:, 0].sum() == 0
+    if m == 255:
+        assert b[:, 255].sum() == 4000
+
+
+def test_byte_binarization_is_seeded_and_falls_back_for_other_grey_levels(mnist):
+    x = mnist.x_train[:300]
+    x0, transform = D.binarization_transform(x, "dynamic")
+    assert transform.codes is not None and transform.codes[1] == 255  # load_mnist gives byte / 255
+    draw = lambda t, data, seed: t(data, torch.Generator().manual_seed(seed))  # noqa: E731
+    assert torch.equal(draw(transform, x0, 5), draw(transform, x0, 5))
+    assert not torch.equal(draw(transform, x0, 5), draw(transform, x0, 6))
+    # Grey levels not of the form k/255 or k/256, and tensors other than the one given, are drawn
+    # by binarize_sample with the same generator.
+    y = x * 0.999
+    _, other = D.binarization_transform(y, "dynamic")
+    assert other.codes is None
+    assert torch.equal(draw(other, y, 5), draw(D.binarize_sample, y, 5))
+    assert torch.equal(draw(transform, y, 5), draw(D.binarize_sample, y, 5))
+    x0.mul_(1.0)  # an in-place change: the codes no longer describe the tensor
+    assert torch.equal(draw(transform, x0, 5), draw(D.binarize_sample, x0, 5))

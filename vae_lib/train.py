@@ -8,12 +8,15 @@ the device: each epoch draws one permutation and slices batches out of the tenso
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import math
 import os
 import random
+import re
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -50,6 +53,11 @@ class TrainConfig:
     # torch.compile the loss (forward + backward fused into fewer kernels). Off by default: the
     # first steps pay tens of seconds of compilation, which only long runs win back.
     compile: bool = False
+    # On CPUs, treat float32 numbers below 1.2e-38 (denormals) as 0 while training. Adam's moments
+    # for border pixels that are almost never on decay into that range, and x86 arithmetic on
+    # denormals is slow: without the flush, steps get 15% slower after the first epoch (the
+    # 784-400-20 model on bench/results/cpu.json's machine). Results agree to float32 rounding.
+    flush_denormal: bool = True
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "log_every"):
@@ -67,6 +75,8 @@ class TrainConfig:
             fp["precision"] = self.precision
         if self.compile:
             fp["compile"] = True
+        if not self.flush_denormal:
+            fp["flush_denormal"] = False
         return fp
 
 
@@ -83,6 +93,62 @@ def make_adam(params, lr: float) -> torch.optim.Adam:
         return torch.optim.Adam(params, lr=lr, fused=True)
     except (RuntimeError, TypeError, ValueError):
         return torch.optim.Adam(params, lr=lr)
+
+
+def denormals_flushed() -> float:
+    """The fraction of a multi-threaded CPU multiply that flushes denormal float32 numbers to 0:
+    1.0 when every intra-op thread flushes, 0.0 when none does."""
+    tiny = torch.ones(1 << 21, dtype=torch.int32).view(torch.float32)  # 1.4e-45, the smallest denormal
+    return float(((tiny * 1.0) == 0).float().mean())
+
+
+_OPENMP_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+
+
+def _libgomp():
+    """GNU OpenMP as loaded by torch (its intra-op thread pool), or None where it is not found."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return None
+    found = re.search(r"(/\S*/libgomp[^/\s]*\.so[^/\s]*)$", maps, re.MULTILINE)
+    if not found:
+        return None
+    lib = ctypes.CDLL(found.group(1))  # already loaded: the same library, the same thread pool
+    lib.GOMP_parallel.argtypes = [_OPENMP_CALLBACK, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+    lib.GOMP_parallel.restype = None
+    return lib
+
+
+def set_flush_denormal(on: bool) -> None:
+    """torch.set_flush_denormal on this thread *and* on every thread of torch's OpenMP pool.
+
+    The setting lives in each thread's floating-point control register, and torch sets it only on
+    the calling thread; the pool's threads, once started, keep what they had, so half of every
+    parallel kernel would still run slowly. Here one OpenMP parallel region (GOMP_parallel, the
+    entry point `#pragma omp parallel` compiles to) runs the call on each pool thread. Where GNU
+    OpenMP is not found (macOS, Windows) only the calling thread changes.
+    """
+    torch.set_flush_denormal(on)
+    lib = _libgomp()
+    if lib is not None:
+        callback = _OPENMP_CALLBACK(lambda _: torch.set_flush_denormal(on))
+        lib.GOMP_parallel(callback, None, torch.get_num_threads(), 0)
+
+
+@contextmanager
+def flush_denormals(enabled: bool = True):
+    """Inside the block, CPU arithmetic treats denormal numbers (|x| < 1.2e-38 in float32) as 0,
+    on every intra-op thread; the previous setting comes back afterwards."""
+    if not enabled:
+        yield
+        return
+    before = denormals_flushed() == 1.0
+    set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        set_flush_denormal(before)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -285,55 +351,61 @@ class Trainer:
             self.load_checkpoint()
         elif self.epoch == 0:
             torch.manual_seed(self.config.seed)
-        start_epoch, n, bs = self.epoch, x_train.shape[0], self.config.batch_size
+        start_epoch = self.epoch
+        self.model.train()
+        with flush_denormals(self.config.flush_denormal and self.device.type == "cpu"):
+            while self.epoch < self.config.epochs:
+                self._epoch(x_train, x_test)
+        return TrainResult(self.model, self.history, self.epoch - start_epoch)
+
+    def _epoch(self, x_train: torch.Tensor, x_test: torch.Tensor | None) -> None:
+        """One epoch: draw its data, take every step, record the history, checkpoint, callbacks."""
+        n, bs = x_train.shape[0], self.config.batch_size
         steps = math.ceil(n / bs)
         amp_dtype = PRECISIONS[self.config.precision]
-        self.model.train()
-        while self.epoch < self.config.epochs:
-            if hasattr(self.loss_fn, "set_epoch"):
-                self.loss_fn.set_epoch(self.epoch)
-            x_epoch = self.epoch_transform(x_train, self.generator) if self.epoch_transform else x_train
-            order = torch.randperm(n, device=self.device, generator=self.generator)
-            # One gather per epoch instead of one per batch: every batch is then a contiguous view,
-            # and no small indexing kernel (a thread-pool round trip on CPUs) runs per step.
-            x_epoch = x_epoch[order]
-            sums: torch.Tensor | None = None  # (n_metrics,) running sums, kept on the device
-            names: list[str] = []
-            bar = tqdm(total=steps, desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
-                       disable=not self.config.progress,
-                       # Earlier epochs' bars vanish; the last one stays as the run's record.
-                       leave=self.epoch + 1 == self.config.epochs)
-            for step in range(steps):
-                batch = x_epoch[step * bs:(step + 1) * bs]
-                with torch.autocast(self.device.type, dtype=amp_dtype or torch.float32,
-                                    enabled=amp_dtype is not None):
-                    loss, metrics = self._train_loss(self.model, batch)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-                # One stacked reduction instead of one per metric: fewer small kernels per step.
-                names = list(metrics)
-                batch_sums = torch.stack([v.detach().float() for v in metrics.values()]).sum(-1)
-                sums = batch_sums if sums is None else sums + batch_sums
-                # Reading the loss back synchronises with the device: only every log_every steps
-                # on accelerators, every step on the CPU where it costs nothing.
-                if self.device.type == "cpu" or (step + 1) % self.config.log_every == 0 or step + 1 == steps:
-                    value = float(loss.detach())
-                    if not math.isfinite(value):
-                        bar.close()
-                        self._raise_non_finite(step + 1)
-                    if (step + 1) % self.config.log_every == 0 or step + 1 == steps:
-                        bar.set_postfix(loss=f"{value:.2f}")
-                bar.update(1)
-            bar.close()
-            for k, v in zip(names, sums.tolist() if sums is not None else []):
-                self.history.setdefault(f"train_{k}", []).append(v / n)
-            if x_test is not None:
-                for k, v in self.evaluate(x_test).items():
-                    self.history.setdefault(f"test_{k}", []).append(v)
-            self.epoch += 1
-            if self.checkpoint_path:
-                self.save_checkpoint()
-            for callback in self.callbacks:
-                callback(self)
-        return TrainResult(self.model, self.history, self.epoch - start_epoch)
+        if hasattr(self.loss_fn, "set_epoch"):
+            self.loss_fn.set_epoch(self.epoch)
+        x_epoch = self.epoch_transform(x_train, self.generator) if self.epoch_transform else x_train
+        order = torch.randperm(n, device=self.device, generator=self.generator)
+        # One gather per epoch instead of one per batch: every batch is then a contiguous view,
+        # and no small indexing kernel (a thread-pool round trip on CPUs) runs per step.
+        x_epoch = x_epoch[order]
+        sums: torch.Tensor | None = None  # (n_metrics,) running sums, kept on the device
+        names: list[str] = []
+        bar = tqdm(total=steps, desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
+                   disable=not self.config.progress,
+                   # Earlier epochs' bars vanish; the last one stays as the run's record.
+                   leave=self.epoch + 1 == self.config.epochs)
+        for step in range(steps):
+            batch = x_epoch[step * bs:(step + 1) * bs]
+            with torch.autocast(self.device.type, dtype=amp_dtype or torch.float32,
+                                enabled=amp_dtype is not None):
+                loss, metrics = self._train_loss(self.model, batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            # One stacked reduction instead of one per metric: fewer small kernels per step.
+            names = list(metrics)
+            batch_sums = torch.stack([v.detach().float() for v in metrics.values()]).sum(-1)
+            sums = batch_sums if sums is None else sums + batch_sums
+            # Reading the loss back synchronises with the device: only every log_every steps
+            # on accelerators, every step on the CPU where it costs nothing.
+            if self.device.type == "cpu" or (step + 1) % self.config.log_every == 0 or step + 1 == steps:
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    bar.close()
+                    self._raise_non_finite(step + 1)
+                if (step + 1) % self.config.log_every == 0 or step + 1 == steps:
+                    bar.set_postfix(loss=f"{value:.2f}")
+            bar.update(1)
+        bar.close()
+        for k, v in zip(names, sums.tolist() if sums is not None else []):
+            self.history.setdefault(f"train_{k}", []).append(v / n)
+        if x_test is not None:
+            for k, v in self.evaluate(x_test).items():
+                self.history.setdefault(f"test_{k}", []).append(v)
+        self.epoch += 1
+        if self.checkpoint_path:
+            self.save_checkpoint()
+        for callback in self.callbacks:
+            callback(self)
