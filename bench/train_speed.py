@@ -7,8 +7,10 @@ One run times, on one device:
     pytorch/examples), the 784-400-20 ReLU VAE with a sigmoid output and summed
     `binary_cross_entropy`, Adam 1e-3 with its default implementation, `loss.item()` every step;
 (b) vae_lib's Trainer on the same model size and batch: the whole training set as one tensor on
-    the device, dynamic binarization on the device, fused Adam; in float32, under bfloat16
-    autocast, and with torch.compile (each where asked);
+    the device, dynamic binarization on the device from random bytes, fused Adam, denormals
+    flushed on CPUs; in float32, under bfloat16 autocast, and with torch.compile (each where
+    asked); and two ablations that undo one CPU-side change each (fp32-no-flush,
+    fp32-float-binarize), so the JSON says what each bought;
 (c) the machine's own matmul rate for exactly the model's GEMMs (forward and backward of a batch
     of 128 through 784-400-(2x20)-20-400-784), measured between the timed runs, so the trainer's
     share of it can be stated: FLOPs of the model's GEMMs per epoch / epoch time / GEMM rate.
@@ -43,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vae_lib.book import default_device
-from vae_lib.data import atomic_write_bytes, binarization_transform, load_mnist, mnist_datasets
+from vae_lib.data import atomic_write_bytes, binarization_transform, binarize_sample, load_mnist, mnist_datasets
 from vae_lib.losses import ELBOLoss
 from vae_lib.model import VAE, VAEConfig
 from vae_lib.runs import binarized_test_set
@@ -125,9 +127,12 @@ def time_recipe(device, epochs: int, warmup: int, steps: int | None) -> dict:
             "median_cpu_s": statistics.median(cpu_times), "steps_timed": done}
 
 
-def time_trainer(device, data, epochs: int, warmup: int, steps: int | None, **config) -> dict:
+def time_trainer(device, data, epochs: int, warmup: int, steps: int | None, float_binarization: bool = False,
+                 **config) -> dict:
     n_train = steps * BATCH if steps else data.x_train.shape[0]
     x_train, transform = binarization_transform(data.x_train[:n_train], "dynamic")
+    if float_binarization:  # the ablation: one float32 uniform per pixel instead of random bytes
+        transform = binarize_sample
     seed_everything(0)
     model = VAE(VAEConfig(hidden_dims=(HIDDEN,), z_dim=Z_DIM, activation="relu")).to(device)
     stamps: list[tuple[float, float]] = []
@@ -147,6 +152,8 @@ def time_trainer(device, data, epochs: int, warmup: int, steps: int | None, **co
     cpu_times = [(b[1] - a[1]) * scale for a, b in zip(edges[:-1], edges[1:])][warmup:]
     times = all_times[warmup:]
     test = trainer.evaluate(binarized_test_set(data))
+    if float_binarization:
+        config = {**config, "binarization": "binarize_sample (one float32 uniform per pixel)"}
     return {"config": config, "epoch_s": times, "median_s": statistics.median(times),
             "epoch_cpu_s": cpu_times, "median_cpu_s": statistics.median(cpu_times),
             "warmup_epoch_s": all_times[:warmup], "test_elbo_after": test["elbo"],
@@ -221,8 +228,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per variant (median reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed epochs before them (compilation happens here)")
     parser.add_argument("--steps", type=int, default=None, help="time partial epochs of this many steps, scaled to 469")
-    parser.add_argument("--variants", default="fp32,bf16,compile,bf16+compile",
-                        help="trainer variants: comma-separated fp32, bf16, compile, bf16+compile")
+    parser.add_argument("--variants", default="fp32,bf16,compile,bf16+compile,fp32-no-flush,fp32-float-binarize",
+                        help="trainer variants, comma-separated: fp32, bf16, compile, bf16+compile, and two "
+                             "ablations of fp32: fp32-no-flush (denormals not flushed), fp32-float-binarize "
+                             "(one float32 uniform per pixel instead of random bytes)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--clock", choices=("wall", "cpu"), default=None,
                         help="clock of the headline numbers: wall, or this process's CPU time "
@@ -237,8 +246,12 @@ def main(argv: list[str] | None = None) -> dict:
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     wall = time.perf_counter()
 
+    # The last two undo one CPU-side change each, to show what it bought: denormals flushed while
+    # training (TrainConfig.flush_denormal) and the random-byte binarization (DynamicBinarization).
     variants = {"fp32": {}, "bf16": {"precision": "bf16"}, "compile": {"compile": True},
-                "bf16+compile": {"precision": "bf16", "compile": True}}
+                "bf16+compile": {"precision": "bf16", "compile": True},
+                "fp32-no-flush": {"flush_denormal": False},
+                "fp32-float-binarize": {"float_binarization": True}}
     wanted = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = sorted(set(wanted) - set(variants))
     if unknown:
@@ -281,7 +294,9 @@ def main(argv: list[str] | None = None) -> dict:
               f"= {100 * h['fraction_of_gemm_rate']:5.1f}% of the measured {dtype} GEMM rate "
               f"({rate[clock][dtype] / 1e9:.1f} GFLOP/s) [{clock} clock]")
     default_name = "fp32" if "fp32" in trainer else next(iter(trainer))
-    best_name = min(trainer, key=lambda k: trainer[k][key[clock]])
+    ablations = {"fp32-no-flush", "fp32-float-binarize"}
+    best_name = min((k for k in trainer if k not in ablations), key=lambda k: trainer[k][key[clock]],
+                    default=next(iter(trainer)))
     default, best = trainer[default_name][clock], trainer[best_name][clock]
     goals = GOALS[kind]
     met = {f"speedup_vs_recipe (default {default_name})": default["speedup_vs_recipe"] >= goals["speedup_vs_recipe"],
