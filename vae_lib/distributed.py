@@ -44,8 +44,8 @@ from .data import MNISTUnavailableError, atomic_write_bytes, binarization_transf
 from .losses import bernoulli_log_likelihood, gaussian_kl
 from .model import VAE, VAEConfig
 from .runs import binarized_test_set
-from .train import (PRECISIONS, CheckpointMismatchError, TrainConfig, _flatten, _model_fingerprint,
-                    atomic_torch_save, flush_denormals, make_adam, seed_everything)
+from .train import (PRECISIONS, CheckpointMismatchError, TrainConfig, _model_fingerprint, atomic_torch_save,
+                    flush_denormals, make_adam, read_checkpoint, seed_everything)
 
 
 class ELBOWithNoise(torch.nn.Module):
@@ -83,35 +83,6 @@ def config_fingerprint(vae: VAE, args: argparse.Namespace, n_train: int, device:
     train = TrainConfig(batch_size=args.batch_size, lr=args.lr, seed=args.seed, precision=args.precision)
     return {"model": _model_fingerprint(vae), "train": train.fingerprint(), "binarization": args.binarization,
             "n_train": n_train, "device_type": device.type}
-
-
-def read_checkpoint(path: Path, device: torch.device, fingerprint: dict) -> dict:
-    """The checkpoint at path, loaded onto device, if it was written for this configuration;
-    otherwise CheckpointMismatchError with the messages of vae_lib.train.Trainer.load_checkpoint."""
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-        if not isinstance(state, dict):
-            raise TypeError(f"it holds a {type(state).__name__}, not a dict")
-    except Exception as err:
-        # torch's own message suggests weights_only=False, which we never do: keep one line.
-        first_line = type(err).__name__ + (f": {str(err).strip().splitlines()[0]}" if str(err).strip() else "")
-        raise CheckpointMismatchError(
-            f"cannot read checkpoint {path}: it is corrupt or not a vae_lib checkpoint "
-            f"(torch.load said: {first_line}). Delete it to start afresh, or pass the path "
-            "of an intact checkpoint") from err
-    mine = json.dumps(fingerprint, sort_keys=True)
-    if state.get("fingerprint") != mine:
-        try:
-            theirs = _flatten(json.loads(state.get("fingerprint") or "{}"))
-        except (TypeError, ValueError):
-            theirs = {}
-        ours = _flatten(json.loads(mine))
-        diffs = "; ".join(f"{k}: checkpoint {theirs.get(k)!r}, this run {ours.get(k)!r}"
-                          for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k))
-        raise CheckpointMismatchError(
-            f"checkpoint {path} was written for another configuration ({diffs}). Use the "
-            "configuration it was written with, or another checkpoint path")
-    return state
 
 
 def _agree_on_start(start: int, error: Exception | None, path: Path, device: torch.device) -> None:

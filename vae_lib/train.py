@@ -204,6 +204,37 @@ def fingerprint_hash(fingerprint: dict) -> str:
     return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def read_checkpoint(path: Path, device: torch.device, fingerprint: dict) -> dict:
+    """The checkpoint at path, loaded onto device, if it was written for this configuration;
+    otherwise CheckpointMismatchError naming what is wrong (corrupt file, or the differing fields)
+    and the fix. Used by Trainer.load_checkpoint and vae_lib.distributed."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+        if not isinstance(state, dict):
+            raise TypeError(f"it holds a {type(state).__name__}, not a dict")
+    except Exception as err:
+        # torch's own message suggests weights_only=False, which we never do: keep one line.
+        first_line = type(err).__name__ + (f": {str(err).strip().splitlines()[0]}" if str(err).strip() else "")
+        raise CheckpointMismatchError(
+            f"cannot read checkpoint {path}: it is corrupt or not a vae_lib checkpoint "
+            f"(torch.load said: {first_line}). Delete it to start afresh, or pass the path "
+            "of an intact checkpoint") from err
+    mine = json.dumps(fingerprint, sort_keys=True)
+    if state.get("fingerprint") != mine:
+        try:
+            theirs = _flatten(json.loads(state.get("fingerprint") or "{}"))
+        except (TypeError, ValueError):
+            theirs = {}
+        ours = _flatten(json.loads(mine))
+        diffs = "; ".join(f"{k}: checkpoint {theirs.get(k)!r}, this run {ours.get(k)!r}"
+                          for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k))
+        raise CheckpointMismatchError(
+            f"checkpoint {path} was written for another configuration ({diffs}). Use the "
+            "configuration it was written with, or another checkpoint path")
+    return state
+
+
+
 @dataclass
 class TrainResult:
     model: torch.nn.Module
@@ -274,30 +305,13 @@ class Trainer:
 
     def load_checkpoint(self, path: str | Path | None = None) -> None:
         path = Path(path or self.checkpoint_path)
-        try:
-            state = torch.load(path, map_location=self.device, weights_only=True)
-        except Exception as err:
-            # torch's own message suggests weights_only=False, which we never do: keep one line.
-            first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise CheckpointMismatchError(
-                f"cannot read checkpoint {path}: it is corrupt or not a vae_lib checkpoint "
-                f"(torch.load said: {first_line}). Delete it to start afresh, or pass the path "
-                "of an intact checkpoint"
-            ) from err
-        mine = json.dumps(self.fingerprint(), sort_keys=True)
-        if state.get("fingerprint") != mine:
-            theirs, ours = _flatten(json.loads(state.get("fingerprint") or "{}")), _flatten(json.loads(mine))
-            diffs = "; ".join(f"{k}: checkpoint {theirs.get(k)!r}, this run {ours.get(k)!r}"
-                              for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k))
-            raise CheckpointMismatchError(
-                f"checkpoint {path} was written for another configuration ({diffs}). Use the "
-                "configuration it was written with, or another checkpoint path"
-            )
+        state = read_checkpoint(path, self.device, self.fingerprint())
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.history = {k: list(v) for k, v in state["history"].items()}
         self.epoch = int(state["epoch"])
-        self.generator.set_state(state["generator"].cpu() if self.device.type == "cpu" else state["generator"])
+        # Generator states are CPU byte tensors whatever the device; map_location moved them.
+        self.generator.set_state(state["generator"].cpu())
         torch.set_rng_state(state["torch_rng"].cpu())
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
@@ -339,7 +353,8 @@ class Trainer:
         where = f"the last good checkpoint is {last} (epoch {self.epoch})" if last else "no checkpoint was written"
         raise NonFiniteLossError(
             f"loss became NaN or inf at epoch {self.epoch + 1}, step {step}; {where}. "
-            "Lower the learning rate or check the data, then resume from the checkpoint"
+            "Check the data and resume from the checkpoint, or lower the learning rate and train "
+            "with a new checkpoint path (the learning rate is part of a checkpoint's configuration)"
         )
 
     def fit(self, x_train: torch.Tensor, x_test: torch.Tensor | None = None, resume: bool = True) -> TrainResult:
