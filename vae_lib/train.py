@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import fused
+
 # Autocast dtypes by TrainConfig.precision; None means no autocast.
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 
@@ -273,6 +275,10 @@ class Trainer:
         # Static shapes: the last, smaller batch of an epoch costs one more compilation instead of
         # a dynamic-shape graph (whose random-number calls torch 2.x cannot trace on the CPU).
         self._train_loss = torch.compile(loss_fn, dynamic=False) if config.compile else loss_fn
+        # For the book's VAE with ELBOLoss and Adam, compile=True compiles the whole step instead:
+        # forward, a hand-written backward and Adam's update in one function (vae_lib.fused).
+        self._fused_step = (fused.FusedStep.build(model, loss_fn, self.optimizer, PRECISIONS[config.precision])
+                            if config.compile else None)
         self.history: dict[str, list[float]] = {}
         self.epoch = 0
         # Shuffling and binarization draw from a generator on the data's device; the model's
@@ -393,12 +399,15 @@ class Trainer:
                    leave=self.epoch + 1 == self.config.epochs)
         for step in range(steps):
             batch = x_epoch[step * bs:(step + 1) * bs]
-            with torch.autocast(self.device.type, dtype=amp_dtype or torch.float32,
-                                enabled=amp_dtype is not None):
-                loss, metrics = self._train_loss(self.model, batch)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            if self._fused_step is not None:
+                loss, metrics = self._fused_step(batch)  # forward, backward and Adam in one call
+            else:
+                with torch.autocast(self.device.type, dtype=amp_dtype or torch.float32,
+                                    enabled=amp_dtype is not None):
+                    loss, metrics = self._train_loss(self.model, batch)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
             # One stacked reduction instead of one per metric: fewer small kernels per step.
             names = list(metrics)
             batch_sums = torch.stack([v.detach().float() for v in metrics.values()]).sum(-1)
