@@ -8,8 +8,8 @@ One run times, on one device:
     `binary_cross_entropy`, Adam 1e-3 with its default implementation, `loss.item()` every step;
 (b) vae_lib's Trainer on the same model size and batch: the whole training set as one tensor on
     the device, dynamic binarization on the device from random bytes, fused Adam, denormals
-    flushed on CPUs; in float32, under bfloat16 autocast, and with torch.compile (each where
-    asked); and two ablations that undo one CPU-side change each (fp32-no-flush,
+    flushed on CPUs; in float32, with bfloat16 matrix products, and with torch.compile, which
+    for this model compiles the whole step (vae_lib.fused: forward, hand-written gradient, Adam); and two ablations that undo one CPU-side change each (fp32-no-flush,
     fp32-float-binarize), so the JSON says what each bought;
 (c) the machine's own matmul rate for exactly the model's GEMMs (forward and backward of a batch
     of 128 through 784-400-(2x20)-20-400-784), measured between the timed runs, so the trainer's
