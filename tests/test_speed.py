@@ -97,3 +97,32 @@ def test_training_with_flushed_denormals_matches_and_restores_the_setting(mnist)
     assert (flushed - plain).abs().max() < 1e-5
     assert abs(h1["test_elbo"][-1] - h2["test_elbo"][-1]) < 1e-3
     assert TrainConfig(flush_denormal=False).fingerprint()["flush_denormal"] is False
+
+
+def test_burda_learning_rate_schedule():
+    # Burda et al. (2015): stage i = 0..7 runs 3**i of 3,280 epochs at 1e-3 * 10**(-i/7).
+    paper = TrainConfig(epochs=3280, lr=1e-3, lr_schedule="burda")
+    starts = [0, 1, 4, 13, 40, 121, 364, 1093]
+    for i, start in enumerate(starts):
+        assert paper.lr_at(start) == pytest.approx(1e-3 * 10 ** (-i / 7), rel=1e-12)
+        if start:
+            assert paper.lr_at(start - 1) == pytest.approx(1e-3 * 10 ** (-(i - 1) / 7), rel=1e-12)
+    assert paper.lr_at(3279) == pytest.approx(1e-4, rel=1e-12)
+    short = TrainConfig(epochs=50, lr=1e-3, lr_schedule="burda")
+    rates = [short.lr_at(e) for e in range(50)]
+    assert rates == sorted(rates, reverse=True) and rates[-1] == pytest.approx(1e-4)
+    assert TrainConfig(lr=2e-3).lr_at(7) == 2e-3
+    # The compressed schedule depends on the run's length, so the length enters the fingerprint.
+    assert short.fingerprint()["epochs"] == 50 and "epochs" not in TrainConfig().fingerprint()
+    with pytest.raises(ValueError, match="lr_schedule must be one of"):
+        TrainConfig(lr_schedule="cosine")
+
+
+def test_trainer_follows_the_learning_rate_schedule(mnist):
+    seen = []
+    x0, transform = binarization_transform(mnist.x_train[:300], "dynamic")
+    config = TrainConfig(epochs=4, batch_size=100, progress=False, lr_schedule="burda")
+    trainer = Trainer(VAE(SMALL), ELBOLoss(), config, epoch_transform=transform,
+                      callbacks=[lambda t: seen.append(t.optimizer.param_groups[0]["lr"])])
+    trainer.fit(x0)
+    assert seen == [config.lr_at(e) for e in range(4)] and seen[-1] == pytest.approx(1e-4)

@@ -29,6 +29,8 @@ from . import fused
 
 # Autocast dtypes by TrainConfig.precision; None means no autocast.
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+# Learning-rate schedules by TrainConfig.lr_schedule (see TrainConfig.lr_at).
+LR_SCHEDULES = ("constant", "burda")
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,9 @@ class TrainConfig:
     # denormals is slow: without the flush, steps get 15% slower after the first epoch (the
     # 784-400-20 model on bench/results/cpu.json's machine). Results agree to float32 rounding.
     flush_denormal: bool = True
+    # "constant": lr throughout. "burda": the schedule of Burda et al. (2015), section 5: stage
+    # i = 0..7 runs 3**i of their 3,280 epochs at lr * 10**(-i/7), here compressed to `epochs`.
+    lr_schedule: str = "constant"
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "log_every"):
@@ -67,6 +72,8 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
         if not self.lr > 0:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"TrainConfig.lr_schedule must be one of {list(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"TrainConfig.precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
 
@@ -79,7 +86,24 @@ class TrainConfig:
             fp["compile"] = True
         if not self.flush_denormal:
             fp["flush_denormal"] = False
+        if self.lr_schedule != "constant":
+            # A compressed schedule depends on the length of the run, so epochs enter too.
+            fp["lr_schedule"] = self.lr_schedule
+            fp["epochs"] = self.epochs
         return fp
+
+    def lr_at(self, epoch: int) -> float:
+        """The learning rate of epoch `epoch` (0-based)."""
+        if self.lr_schedule == "constant":
+            return self.lr
+        # Burda et al.: stage i covers a fraction 3**i / 3280 of the run; an epoch belongs to the
+        # stage that contains its middle.
+        middle = (epoch + 0.5) / max(1, self.epochs) * 3280
+        stage, end = 0, 1
+        while middle >= end and stage < 7:
+            stage += 1
+            end += 3 ** stage
+        return self.lr * 10 ** (-stage / 7)
 
 
 
@@ -386,6 +410,8 @@ class Trainer:
         amp_dtype = PRECISIONS[self.config.precision]
         if hasattr(self.loss_fn, "set_epoch"):
             self.loss_fn.set_epoch(self.epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.lr_at(self.epoch)
         x_epoch = self.epoch_transform(x_train, self.generator) if self.epoch_transform else x_train
         order = torch.randperm(n, device=self.device, generator=self.generator)
         # One gather per epoch instead of one per batch: every batch is then a contiguous view,
