@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -71,3 +73,22 @@ def test_burda_reproduction_smoke_run(tmp_path):
     assert 78 < r["test_nll"] < 784 * 0.6931471805599453
     assert r["meets_published"] == (r["test_nll"] <= 86.76)
     assert f"{r['test_nll']:.2f}" in stdout
+
+
+def test_committed_results_are_found_by_the_chapters_helper(tmp_path, monkeypatch):
+    from vae_lib.book import bench_results
+
+    speed, burda = bench_results("speed"), bench_results("burda")
+    assert "cpu" in speed and all(not k.startswith("burda_") for k in speed)
+    assert burda and all(k.startswith("burda_") for k in burda)
+    assert speed["cpu"]["device"] == "cpu" and "trainer" in speed["cpu"]
+    for r in burda.values():  # what the evaluation chapter's table prints
+        for key in ("device_name", "epochs", "n_test", "k", "test_nll", "test_nll_standard_error",
+                    "published_test_nll", "differences_from_paper", "seed", "train_call_s"):
+            assert key in r, key
+    # Outside a repository (vae_lib installed as a wheel) there is nothing to find.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("vae_lib.book.__file__", str(tmp_path / "site-packages" / "vae_lib" / "book.py"))
+    assert bench_results("speed") == {} and bench_results("burda") == {}
+    with pytest.raises(ValueError, match="kind must be"):
+        bench_results("gpu")

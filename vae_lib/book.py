@@ -7,7 +7,9 @@ path runs, only smaller. CI uses it for the test build.
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 import torch
 
@@ -32,3 +34,21 @@ def default_device() -> torch.device:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def bench_results(kind: str = "speed") -> dict[str, dict]:
+    """The committed benchmark files of the book's repository, by file stem: kind "speed" reads
+    bench/results/<device>.json (bench/train_speed.py), "burda" bench/results/burda_<device>.json
+    (bench/reproduce_burda.py). Looks in the working folder and its parents, then beside vae_lib;
+    returns {} where there is no repository (vae_lib installed from a wheel, as on Colab).
+    Introduced in book/gpu.md.
+    """
+    if kind not in ("speed", "burda"):
+        raise ValueError(f"kind must be 'speed' or 'burda', got {kind!r}")
+    here = Path(__file__).resolve().parent.parent
+    for folder in [Path.cwd(), *Path.cwd().parents, here]:
+        results = folder / "bench" / "results"
+        if results.is_dir():
+            return {f.stem: json.loads(f.read_text()) for f in sorted(results.glob("*.json"))
+                    if f.stem.startswith("burda_") == (kind == "burda")}
+    return {}
