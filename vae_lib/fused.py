@@ -6,8 +6,8 @@ about half of the step, the matrix products being the other half. Here the step 
 functions of tensors: `forward` (encoder, reparametrised sample, decoder, per-image ELBO terms),
 `backward` (the gradient, written out with the chain rule below) and `adam_` (torch.optim.Adam's
 update, in place). `train_step` chains them, and `torch.compile` turns it into the matrix products
-plus a few fused loops. The trainer uses it when `TrainConfig(compile=True)` and `applies` says
-it computes what the autograd path would: a plain `model.VAE`, `ELBOLoss` with the Bernoulli
+plus a few fused loops. The trainer uses it when `TrainConfig(compile=True)` and `FusedStep.build`
+finds that it computes what the autograd path would: a plain `model.VAE`, `ELBOLoss` with the Bernoulli
 likelihood, float32, and torch.optim.Adam with its defaults (no weight decay, no AMSGrad). Any
 other case compiles the autograd loss as before.
 
@@ -33,6 +33,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .losses import ELBOLoss
 from .model import VAE
 
 
@@ -153,8 +154,6 @@ class FusedStep:
 
     @classmethod
     def build(cls, model, loss_fn, optimizer, dtype: torch.dtype | None = None) -> "FusedStep | None":
-        from .losses import ELBOLoss
-
         if type(model) is not VAE or type(loss_fn) is not ELBOLoss or loss_fn.likelihood != "bernoulli":
             return None
         if type(optimizer) is not torch.optim.Adam or len(optimizer.param_groups) != 1:
@@ -162,12 +161,13 @@ class FusedStep:
         group = optimizer.param_groups[0]
         if group["weight_decay"] or group["amsgrad"] or group["maximize"]:
             return None
-        params = parameters(model)
+        step = cls(model, loss_fn, optimizer, dtype)
+        params = step.params
         if {id(p) for p in params} != {id(p) for p in group["params"]} or len(params) != len(group["params"]):
             return None
         if any(p.dtype != torch.float32 for p in params):
             return None
-        return cls(model, loss_fn, optimizer, dtype)
+        return step
 
     def _state(self):
         """Adam's state tensors in torch.optim.Adam's format, created as its first step would."""

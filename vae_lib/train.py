@@ -9,6 +9,7 @@ the device: each epoch draws one permutation and slices batches out of the tenso
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import json
 import math
@@ -131,8 +132,10 @@ def denormals_flushed() -> float:
 _OPENMP_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 
 
+@functools.cache
 def _libgomp():
-    """GNU OpenMP as loaded by torch (its intra-op thread pool), or None where it is not found."""
+    """GNU OpenMP as loaded by torch (its intra-op thread pool), or None where it is not found.
+    Looked up once per process: torch loads it at import and never unloads it."""
     try:
         maps = Path("/proc/self/maps").read_text()
     except OSError:
@@ -260,7 +263,6 @@ def read_checkpoint(path: Path, device: torch.device, fingerprint: dict) -> dict
     return state
 
 
-
 @dataclass
 class TrainResult:
     model: torch.nn.Module
@@ -295,14 +297,15 @@ class Trainer:
         self.callbacks = list(callbacks or [])
         self.device = next(model.parameters()).device
         self.optimizer = make_adam(model.parameters(), config.lr)
-        # What one training step calls: the loss, compiled if asked (evaluation stays eager).
-        # Static shapes: the last, smaller batch of an epoch costs one more compilation instead of
-        # a dynamic-shape graph (whose random-number calls torch 2.x cannot trace on the CPU).
-        self._train_loss = torch.compile(loss_fn, dynamic=False) if config.compile else loss_fn
-        # For the book's VAE with ELBOLoss and Adam, compile=True compiles the whole step instead:
-        # forward, a hand-written backward and Adam's update in one function (vae_lib.fused).
+        # For the book's VAE with ELBOLoss and Adam, compile=True compiles the whole step: forward,
+        # a hand-written backward and Adam's update in one function (vae_lib.fused).
         self._fused_step = (fused.FusedStep.build(model, loss_fn, self.optimizer, PRECISIONS[config.precision])
                             if config.compile else None)
+        # Otherwise one training step calls the loss, compiled if asked (evaluation stays eager).
+        # Static shapes: the last, smaller batch of an epoch costs one more compilation instead of
+        # a dynamic-shape graph (whose random-number calls torch 2.x cannot trace on the CPU).
+        compile_loss = config.compile and self._fused_step is None
+        self._train_loss = torch.compile(loss_fn, dynamic=False) if compile_loss else loss_fn
         self.history: dict[str, list[float]] = {}
         self.epoch = 0
         # Shuffling and binarization draw from a generator on the data's device; the model's
